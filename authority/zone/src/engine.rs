@@ -1,0 +1,253 @@
+//! The zone engine: a question in, the records of the answer out. Sans-IO: no sockets, no clocks,
+//! no globals; the index it reads is an immutable snapshot.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::index::{Node, PodsMode, RrSet, Zone, ZoneIndex, ZoneKind, undashed};
+
+/// The records of an authoritative answer (AA set).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// `NoError` (with data, or NODATA) or `NXDomain`.
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    /// The zone's SOA on negative answers (RFC 2308 §3).
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+/// CNAME chains followed inside our own zones before giving up (ExternalName to ExternalName…).
+const MAX_CHASE: usize = 8;
+
+enum Found<'a> {
+    Node(&'a Node),
+    /// A record made up from the name itself (`pods insecure`).
+    Synth(RData),
+    Missing,
+}
+
+impl ZoneIndex {
+    /// The zone holding `name`, if we are authoritative for it.
+    pub(crate) fn zone_of(&self, name: &Name) -> Option<&Zone> {
+        self.zones.iter().find(|z| z.apex.zone_of(name))
+    }
+
+    /// Whether `name` falls in a zone this index serves.
+    pub fn serves(&self, name: &Name) -> bool {
+        self.zone_of(name).is_some()
+    }
+
+    /// Answers one question. `None` means the name is outside our zones (REFUSED).
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
+        let zone = self.zone_of(qname)?;
+        let mut answer = Answer::default();
+        if self.config.wildcards && zone.kind == ZoneKind::Cluster && has_star(zone, qname) {
+            self.wildcard(zone, qname, qtype, &mut answer);
+        } else {
+            self.resolve(zone, qname, qtype, &mut answer, 0);
+        }
+        self.add_additionals(&mut answer);
+        Some(answer)
+    }
+
+    fn resolve(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer, depth: usize) {
+        let node = match self.find(zone, qname) {
+            Found::Missing => return negative(zone, ResponseCode::NXDomain, out),
+            Found::Synth(data) => {
+                if data.record_type() == qtype || qtype == RecordType::ANY {
+                    out.answers.push(Record::from_rdata(qname.to_lowercase(), self.config.ttl, data));
+                    out.rcode = ResponseCode::NoError;
+                } else {
+                    negative(zone, ResponseCode::NoError, out);
+                }
+                return;
+            }
+            Found::Node(node) => node,
+        };
+        out.rcode = ResponseCode::NoError;
+        let owner = node.owner.clone().unwrap_or_else(|| qname.to_lowercase());
+        if qtype == RecordType::ANY && !node.rrsets.is_empty() {
+            for set in &node.rrsets {
+                push_set(&owner, set, &mut out.answers);
+            }
+            return;
+        }
+        if let Some(set) = node.rrset(qtype) {
+            push_set(&owner, set, &mut out.answers);
+            return;
+        }
+        if let Some(cname) = node.rrset(RecordType::CNAME) {
+            push_set(&owner, cname, &mut out.answers);
+            // RFC 1034 §4.3.2: follow the alias while it stays in our zones; outside them the
+            // client's resolver (or the node agent) chases it.
+            if let Some(RData::CNAME(target)) = cname.data.first()
+                && depth < MAX_CHASE
+                && let Some(target_zone) = self.zone_of(&target.0)
+            {
+                self.resolve(target_zone, &target.0, qtype, out, depth + 1);
+            }
+            return;
+        }
+        negative(zone, ResponseCode::NoError, out);
+    }
+
+    fn find<'a>(&'a self, zone: &'a Zone, qname: &Name) -> Found<'a> {
+        let below = usize::from(qname.num_labels() - zone.apex.num_labels());
+        let mut labels: Vec<&[u8]> = qname.iter().take(below).collect();
+        labels.reverse();
+        let mut node = &zone.root;
+        let mut buf = [0u8; 63];
+        for (depth, label) in labels.iter().enumerate() {
+            let lower = lower(label, &mut buf);
+            match node.children.get(lower) {
+                Some(child) => node = child,
+                None => {
+                    // `<dashed-ip>.<ns>.pod.<zone>` under `pods insecure`: the name is the data.
+                    let is_pod_leaf = zone.kind == ZoneKind::Cluster
+                        && self.config.pods == PodsMode::Insecure
+                        && depth == 2
+                        && labels.len() == 3
+                        && labels[0].eq_ignore_ascii_case(b"pod");
+                    if is_pod_leaf
+                        && let Some(ip) = std::str::from_utf8(label).ok().and_then(undashed)
+                    {
+                        return Found::Synth(match ip {
+                            IpAddr::V4(v4) => RData::A(A(v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                        });
+                    }
+                    return Found::Missing;
+                }
+            }
+        }
+        Found::Node(node)
+    }
+
+    /// kube-dns style wildcards (`--wildcards`): a `*` label matches any one label (other than the
+    /// `_port`/`_proto` labels), and the answer carries the asked name as owner.
+    fn wildcard(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer) {
+        let below = usize::from(qname.num_labels() - zone.apex.num_labels());
+        let mut labels: Vec<Vec<u8>> =
+            qname.iter().take(below).map(|l| l.to_ascii_lowercase()).collect();
+        labels.reverse();
+        let mut matched: Vec<&Node> = Vec::new();
+        collect(&zone.root, &labels, &mut matched);
+        if matched.is_empty() {
+            return negative(zone, ResponseCode::NXDomain, out);
+        }
+        out.rcode = ResponseCode::NoError;
+        let owner = qname.to_lowercase();
+        let mut seen: Vec<&RData> = Vec::new();
+        for node in matched {
+            for set in node.rrsets.iter().filter(|s| s.rtype == qtype || qtype == RecordType::ANY) {
+                for data in &set.data {
+                    if !seen.contains(&data) {
+                        seen.push(data);
+                        out.answers.push(Record::from_rdata(owner.clone(), set.ttl, data.clone()));
+                    }
+                }
+            }
+        }
+        if out.answers.is_empty() {
+            negative(zone, ResponseCode::NoError, out);
+        }
+    }
+
+    /// Addresses of SRV targets and of the apex NS target, when they are ours (RFC 2782 suggests
+    /// them; CoreDNS sends them).
+    fn add_additionals(&self, answer: &mut Answer) {
+        let mut targets: Vec<&Name> = Vec::new();
+        for r in &answer.answers {
+            let target = match &r.data {
+                RData::SRV(srv) => &srv.target,
+                RData::NS(ns) => &ns.0,
+                _ => continue,
+            };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        let mut extra = Vec::new();
+        for target in targets {
+            let Some(zone) = self.zone_of(target) else { continue };
+            if let Found::Node(node) = self.find(zone, target) {
+                let owner = node.owner.clone().unwrap_or_else(|| target.clone());
+                for rtype in [RecordType::A, RecordType::AAAA] {
+                    if let Some(set) = node.rrset(rtype) {
+                        push_set(&owner, set, &mut extra);
+                    }
+                }
+            }
+        }
+        answer.additionals.extend(extra);
+    }
+
+    /// Every record of the zone whose apex is `apex`, framed by its SOA as AXFR wants (RFC 5936
+    /// §2.2). `None` if `apex` is not one of our apexes.
+    pub fn transfer(&self, apex: &Name) -> Option<Vec<Record>> {
+        let zone = self.zones.iter().find(|z| &z.apex == apex)?;
+        let mut out = vec![zone.soa.clone()];
+        walk(&zone.root, &mut |node| {
+            if let Some(owner) = &node.owner {
+                for set in node.rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
+                    push_set(owner, set, &mut out);
+                }
+            }
+        });
+        out.push(zone.soa.clone());
+        Some(out)
+    }
+}
+
+fn walk<'a>(node: &'a Node, f: &mut impl FnMut(&'a Node)) {
+    f(node);
+    let mut children: Vec<(&Box<[u8]>, &Node)> = node.children.iter().collect();
+    children.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, child) in children {
+        walk(child, f);
+    }
+}
+
+fn collect<'a>(node: &'a Node, labels: &[Vec<u8>], out: &mut Vec<&'a Node>) {
+    let Some((first, rest)) = labels.split_first() else {
+        out.push(node);
+        return;
+    };
+    if first.as_slice() == b"*" {
+        for (label, child) in &node.children {
+            if !label.starts_with(b"_") {
+                collect(child, rest, out);
+            }
+        }
+    } else if let Some(child) = node.children.get(first.as_slice()) {
+        collect(child, rest, out);
+    }
+}
+
+fn has_star(zone: &Zone, qname: &Name) -> bool {
+    let below = usize::from(qname.num_labels() - zone.apex.num_labels());
+    qname.iter().take(below).any(|l| l == b"*")
+}
+
+fn lower<'b>(label: &[u8], buf: &'b mut [u8; 63]) -> &'b [u8] {
+    let n = label.len().min(63);
+    for (d, s) in buf.iter_mut().zip(&label[..n]) {
+        *d = s.to_ascii_lowercase();
+    }
+    &buf[..n]
+}
+
+fn push_set(owner: &Name, set: &RrSet, out: &mut Vec<Record>) {
+    out.extend(set.data.iter().map(|d| Record::from_rdata(owner.clone(), set.ttl, d.clone())));
+}
+
+/// NXDOMAIN or NODATA with the zone's SOA in the authority section (RFC 2308 §2, §3).
+fn negative(zone: &Zone, rcode: ResponseCode, out: &mut Answer) {
+    // After a CNAME the answer keeps its records; the rcode is that of the last name (RFC 6604).
+    out.rcode = rcode;
+    out.authorities.push(zone.soa.clone());
+}
