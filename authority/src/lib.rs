@@ -1,1 +1,203 @@
-//! placeholder
+//! nodedns-authority: the only nodedns component that knows the cluster. It loads cluster state
+//! (today from a cluster file; the Kubernetes API source comes next), keeps the zone index of
+//! `nodedns-zone` current, and answers the Kubernetes DNS specification over UDP and TCP.
+//!
+//! Modules, in the order a query meets them:
+//! - [`config`]: flags, environment and YAML file into one [`Config`];
+//! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
+//!   (the bytes-to-bytes work is `nodedns_zone::serve`);
+//! - [`admin`]: `/health`, `/ready`, `/metrics`;
+//! - [`metrics`]: metric names and pre-registered handles.
+//!
+//! `main.rs` only parses flags, sets up logging and calls [`Authority::run`]; tests call it with
+//! sockets bound to port 0.
+
+pub mod admin;
+pub mod config;
+pub mod dns;
+pub mod metrics;
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nodedns_zone::file_source::{FileSource, SourceError};
+use nodedns_zone::{ClusterStore, ZoneKind};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use config::Config;
+pub use dns::{BindError, DnsSockets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("no cluster source: pass --cluster-file PATH (the Kubernetes API source is not available in this build)")]
+    NoSource,
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("admin listener: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Every socket the authority serves, bound before it starts so errors surface at once and tests
+/// can bind port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub dns: DnsSockets,
+    pub admin: Option<StdTcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Self, BindError> {
+        let dns = DnsSockets::bind(&config.dns_listen)?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(dns::bind_tcp(addr).map_err(|e| BindError { what: "admin", ..e })?),
+            None => None,
+        };
+        Ok(Self { dns, admin })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+pub struct Authority {
+    config: Config,
+    store: Arc<ClusterStore>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Authority {
+    pub fn new(config: Config) -> Self {
+        let store = ClusterStore::new(config.zone.clone());
+        Self { config, store, draining: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The store queries are answered from; tests subscribe to it to see reloads land.
+    pub fn store(&self) -> Arc<ClusterStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Loads the configured source once. A failure here is a start-up failure; later reload
+    /// failures keep the last good cluster.
+    pub fn load(&self) -> Result<FileSource, AuthorityError> {
+        let path = self.config.cluster_file.as_ref().ok_or(AuthorityError::NoSource)?;
+        let mut source = FileSource::new(path, Arc::clone(&self.store));
+        let loaded = source.load()?;
+        metrics::reload(true);
+        if let Some(p) = &loaded.published {
+            metrics::zone_published(p);
+        }
+        metrics::store_counts(&self.store.counts());
+        let stats = self.store.index().stats();
+        info!(
+            path = %path.display(),
+            objects = loaded.objects,
+            skipped_other_kinds = loaded.skipped,
+            records = stats.records,
+            build_ms = loaded.published.map_or(0.0, |p| p.build_time.as_secs_f64() * 1e3),
+            "cluster file loaded"
+        );
+        Ok(source)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: `/ready` turns false, answers go on for
+    /// the lameduck period (so endpoints are withdrawn first), listeners stop, open TCP queries
+    /// finish.
+    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AuthorityError> {
+        let source = self.load()?;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        self.log_startup(&listeners, source.path());
+
+        let store = Arc::clone(&self.store);
+        let interval = self.config.reload_interval;
+        tracker.spawn(source.watch(interval, stop.clone().cancelled_owned(), move |result| match result {
+            Ok(loaded) => {
+                metrics::reload(true);
+                if let Some(p) = &loaded.published {
+                    metrics::zone_published(p);
+                    metrics::store_counts(&store.counts());
+                    info!(objects = loaded.objects, serial = p.serial, records = p.stats.records,
+                          build_ms = p.build_time.as_secs_f64() * 1e3, "cluster file reloaded");
+                }
+            }
+            Err(e) => {
+                metrics::reload(false);
+                error!(error = %e, "cluster file reload failed; still serving the last good cluster");
+            }
+        }));
+
+        let shared = Arc::new(dns::Shared {
+            store: Arc::clone(&self.store),
+            transfer_from: self.config.transfer_from.clone(),
+            metrics: metrics::DnsMetrics::new(),
+            log_queries: self.config.log_queries,
+            tcp_idle_timeout: self.config.tcp_idle_timeout,
+            tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
+        });
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        for socket in listeners.dns.udp {
+            let socket = Arc::new(tokio::net::UdpSocket::from_std(socket).map_err(|e| self.bind_error("DNS UDP", e))?);
+            for _ in 0..workers {
+                tracker.spawn(dns::udp_loop(Arc::clone(&socket), Arc::clone(&shared), stop.clone()));
+            }
+        }
+        for listener in listeners.dns.tcp {
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| self.bind_error("DNS TCP", e))?;
+            tracker.spawn(dns::tcp_accept_loop(listener, Arc::clone(&shared), stop.clone(), tracker.clone()));
+        }
+        if let Some(admin) = listeners.admin {
+            let state = Arc::new(admin::AdminState { store: Arc::clone(&self.store), draining: Arc::clone(&self.draining) });
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                if let Err(e) = admin::serve(admin, state, stop).await {
+                    error!(error = %e, "admin listener failed");
+                }
+            });
+        }
+
+        shutdown.cancelled().await;
+        self.draining.store(true, Ordering::Release);
+        info!(lameduck_s = self.config.lameduck.as_secs_f64(), "shutting down: /ready is false, still answering during lameduck");
+        tokio::time::sleep(self.config.lameduck).await;
+        stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("some connections did not finish within 5s of shutdown");
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    fn bind_error(&self, what: &'static str, source: std::io::Error) -> AuthorityError {
+        let addr = self.config.dns_listen.first().copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+        AuthorityError::Bind(BindError { what, addr, source })
+    }
+
+    fn log_startup(&self, listeners: &Listeners, source: &std::path::Path) {
+        let z = &self.config.zone;
+        let index = self.store.index();
+        let reverse: Vec<String> = index.zones().filter(|(_, k)| *k == ZoneKind::Reverse).map(|(n, _)| n.to_string()).collect();
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            dns = ?listeners.dns.addrs(),
+            admin = ?listeners.admin_addr(),
+            source = %source.display(),
+            cluster_domain = %z.cluster_domain,
+            pods = ?z.pods,
+            ttl = z.ttl,
+            wildcards = z.wildcards,
+            reverse_zones = ?reverse,
+            reverse_cidrs = ?z.reverse_cidrs.as_ref().map(|c| c.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            transfer_from = ?self.config.transfer_from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "nodedns-authority serving"
+        );
+    }
+}

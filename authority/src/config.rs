@@ -1,0 +1,303 @@
+//! The authority's configuration: one typed [`Config`], from flags, environment variables
+//! (`NODEDNS_*`) and an optional YAML `--config FILE` whose keys are the flag names. Flags and
+//! environment win over the file; unknown keys in the file are an error naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use hickory_proto::rr::Name;
+use ipnet::IpNet;
+use nodedns_zone::{PodsMode, ZoneConfig};
+use serde::Deserialize;
+
+/// Largest `--ttl` accepted (CoreDNS's `ttl` maximum).
+pub const MAX_TTL: u32 = 3600;
+
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "nodedns-authority",
+    version,
+    about = "nodedns authority: answers the Kubernetes DNS specification for the cluster domain and the reverse zones of cluster addresses."
+)]
+pub struct Args {
+    /// YAML file with any of the settings below (keys are the flag names, e.g. `cluster-file`).
+    #[arg(long, env = "NODEDNS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read the cluster from this file (a `kind: List` or multi-document YAML of Namespaces,
+    /// Services, EndpointSlices and Pods) instead of the Kubernetes API; re-read when it changes.
+    #[arg(long, env = "NODEDNS_CLUSTER_FILE", value_name = "PATH")]
+    pub cluster_file: Option<PathBuf>,
+    /// The cluster domain [default: cluster.local].
+    #[arg(long, env = "NODEDNS_CLUSTER_DOMAIN", value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// DNS listen address, UDP and TCP; repeatable [default: 0.0.0.0:53].
+    #[arg(long, env = "NODEDNS_DNS_LISTEN", value_name = "ADDR:PORT", value_delimiter = ',')]
+    pub dns_listen: Vec<SocketAddr>,
+    /// Admin listen address for /health, /ready and /metrics [default: 0.0.0.0:9153].
+    #[arg(long, env = "NODEDNS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: verified, insecure or disabled [default: verified].
+    #[arg(long, env = "NODEDNS_PODS", value_name = "MODE")]
+    pub pods: Option<String>,
+    /// TTL of every answer and of negative caching (SOA minimum) [default: 5].
+    #[arg(long, env = "NODEDNS_TTL", value_name = "SECONDS")]
+    pub ttl: Option<u32>,
+    /// Answer PTR queries only inside these CIDRs; repeatable [default: the IPv4 /16 and IPv6 /64
+    /// around every service, endpoint and pod address seen].
+    #[arg(long, env = "NODEDNS_REVERSE_CIDR", value_name = "CIDR", value_delimiter = ',')]
+    pub reverse_cidr: Vec<IpNet>,
+    /// Treat `*` labels as wildcards (`*.<ns>.svc.<zone>` lists a namespace's services).
+    #[arg(long, env = "NODEDNS_WILDCARDS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub wildcards: Option<bool>,
+    /// Allow zone transfers (AXFR over TCP) to clients in this CIDR; repeatable [default: none].
+    #[arg(long, env = "NODEDNS_TRANSFER_FROM", value_name = "CIDR", value_delimiter = ',')]
+    pub transfer_from: Vec<IpNet>,
+    /// Addresses of `ns.dns.<zone>`, the apex NS target; repeatable [default: the specific
+    /// --dns-listen addresses].
+    #[arg(long, env = "NODEDNS_NS_ADDRESS", value_name = "IP", value_delimiter = ',')]
+    pub ns_address: Vec<IpAddr>,
+    /// How often the cluster file is checked for changes [default: 1].
+    #[arg(long, env = "NODEDNS_RELOAD_INTERVAL", value_name = "SECONDS")]
+    pub reload_interval: Option<f64>,
+    /// Close TCP connections idle this long [default: 10].
+    #[arg(long, env = "NODEDNS_TCP_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub tcp_idle_timeout: Option<f64>,
+    /// Most TCP connections served at once; more are closed at accept [default: 1024].
+    #[arg(long, env = "NODEDNS_TCP_MAX_CONNECTIONS", value_name = "N")]
+    pub tcp_max_connections: Option<usize>,
+    /// On SIGTERM, keep answering this long with /ready false before stopping [default: 5].
+    #[arg(long, env = "NODEDNS_LAMEDUCK", value_name = "SECONDS")]
+    pub lameduck: Option<f64>,
+    /// Log one line per answered query.
+    #[arg(long, env = "NODEDNS_LOG_QUERIES", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub log_queries: Option<bool>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "NODEDNS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Validate the configuration (and the cluster file), print the result and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The YAML file: the same settings as the flags, under the flag names.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub cluster_file: Option<PathBuf>,
+    pub cluster_domain: Option<String>,
+    pub dns_listen: Option<Vec<SocketAddr>>,
+    pub admin_listen: Option<SocketAddr>,
+    pub pods: Option<String>,
+    pub ttl: Option<u32>,
+    pub reverse_cidr: Option<Vec<IpNet>>,
+    pub wildcards: Option<bool>,
+    pub transfer_from: Option<Vec<IpNet>>,
+    pub ns_address: Option<Vec<IpAddr>>,
+    pub reload_interval: Option<f64>,
+    pub tcp_idle_timeout: Option<f64>,
+    pub tcp_max_connections: Option<usize>,
+    pub lameduck: Option<f64>,
+    pub log_queries: Option<bool>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster_file: Option<PathBuf>,
+    pub zone: ZoneConfig,
+    pub dns_listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub transfer_from: Vec<IpNet>,
+    pub reload_interval: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_connections: usize,
+    pub lameduck: Duration,
+    pub log_queries: bool,
+    pub log_format: LogFormat,
+}
+
+/// A setting that cannot be used, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value).map_err(|_| invalid(key, format!("{value} is not a number of seconds >= 0")))
+}
+
+/// Reads a YAML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string() })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text)
+        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string().replace('\n', " ") })
+}
+
+impl Config {
+    /// Flags (and environment) over the file over the defaults.
+    pub fn resolve(args: &Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        fn list<T: Clone>(flag: &[T], file: Option<Vec<T>>) -> Vec<T> {
+            if flag.is_empty() { file.unwrap_or_default() } else { flag.to_vec() }
+        }
+
+        let domain_text = args.cluster_domain.clone().or(file.cluster_domain).unwrap_or_else(|| "cluster.local".into());
+        let bare = domain_text.trim_end_matches('.');
+        let cluster_domain = Name::from_ascii(format!("{bare}."))
+            .ok()
+            .filter(|n| !bare.is_empty() && n.num_labels() > 0)
+            .ok_or_else(|| invalid("cluster-domain", format!("{domain_text:?} is not a domain name")))?
+            .to_lowercase();
+
+        let pods_text = args.pods.clone().or(file.pods).unwrap_or_else(|| "verified".into());
+        let pods: PodsMode = pods_text.parse().map_err(|e: String| invalid("pods", e))?;
+
+        let ttl = args.ttl.or(file.ttl).unwrap_or(5);
+        if ttl > MAX_TTL {
+            return Err(invalid("ttl", format!("{ttl} is above the maximum {MAX_TTL}")));
+        }
+
+        let mut dns_listen = list(&args.dns_listen, file.dns_listen);
+        if dns_listen.is_empty() {
+            dns_listen.push("0.0.0.0:53".parse().expect("static address"));
+        }
+        let reverse = list(&args.reverse_cidr, file.reverse_cidr);
+        let mut ns_addresses = list(&args.ns_address, file.ns_address);
+        if ns_addresses.is_empty() {
+            ns_addresses = dns_listen.iter().map(SocketAddr::ip).filter(|ip| !ip.is_unspecified()).collect();
+            ns_addresses.dedup();
+        }
+        let log_format = match args.log_format.clone().or(file.log_format).as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log-format", format!("{other:?} is not text or json"))),
+        };
+        let tcp_max_connections = args.tcp_max_connections.or(file.tcp_max_connections).unwrap_or(1024);
+        if tcp_max_connections == 0 {
+            return Err(invalid("tcp-max-connections", "must be at least 1"));
+        }
+        let reload_interval = seconds("reload-interval", args.reload_interval.or(file.reload_interval).unwrap_or(1.0))?;
+        if reload_interval.is_zero() {
+            return Err(invalid("reload-interval", "must be above 0"));
+        }
+
+        Ok(Config {
+            cluster_file: args.cluster_file.clone().or(file.cluster_file),
+            zone: ZoneConfig {
+                cluster_domain,
+                ttl,
+                pods,
+                reverse_cidrs: if reverse.is_empty() { None } else { Some(reverse.iter().map(IpNet::trunc).collect()) },
+                wildcards: args.wildcards.or(file.wildcards).unwrap_or(false),
+                ns_addresses,
+            },
+            dns_listen,
+            admin_listen: Some(args.admin_listen.or(file.admin_listen).unwrap_or_else(|| "0.0.0.0:9153".parse().expect("static address"))),
+            transfer_from: list(&args.transfer_from, file.transfer_from),
+            reload_interval,
+            tcp_idle_timeout: seconds("tcp-idle-timeout", args.tcp_idle_timeout.or(file.tcp_idle_timeout).unwrap_or(10.0))?,
+            tcp_max_connections,
+            lameduck: seconds("lameduck", args.lameduck.or(file.lameduck).unwrap_or(5.0))?,
+            log_queries: args.log_queries.or(file.log_queries).unwrap_or(false),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("nodedns-authority").chain(argv.iter().copied())).unwrap()
+    }
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A file removed on drop; enough for config tests without another dependency.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("nodedns-cfg-{}-{n}.yaml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&args(&[])).unwrap();
+        assert_eq!(c.zone.cluster_domain.to_ascii(), "cluster.local.");
+        assert_eq!(c.zone.ttl, 5);
+        assert_eq!(c.zone.pods, PodsMode::Verified);
+        assert_eq!(c.dns_listen, vec!["0.0.0.0:53".parse().unwrap()]);
+        assert!(c.zone.ns_addresses.is_empty(), "unspecified listen addresses give no NS glue");
+        assert!(!c.zone.wildcards);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f = write("ttl: 30\npods: insecure\ndns-listen: ['127.0.0.1:5353']\nwildcards: true\n");
+        let p = f.0.to_str().unwrap();
+        let c = Config::resolve(&args(&["--config", p, "--ttl", "7"])).unwrap();
+        assert_eq!(c.zone.ttl, 7, "flag wins");
+        assert_eq!(c.zone.pods, PodsMode::Insecure, "file fills what flags leave out");
+        assert!(c.zone.wildcards);
+        assert_eq!(c.zone.ns_addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        let c = Config::resolve(&args(&["--config", p, "--wildcards=false"])).unwrap();
+        assert!(!c.zone.wildcards);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("ttl: 5\nclustre-domain: x\n");
+        let err = Config::resolve(&args(&["--config", f.0.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(err.contains("clustre-domain"), "{err}");
+        for (argv, key) in [
+            (&["--pods", "maybe"][..], "pods: "),
+            (&["--ttl", "99999"], "ttl: "),
+            (&["--cluster-domain", "bad..domain"], "cluster-domain: "),
+            (&["--log-format", "xml"], "log-format: "),
+            (&["--tcp-idle-timeout=-1"], "tcp-idle-timeout: "),
+        ] {
+            let err = Config::resolve(&args(argv)).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{argv:?}: {err}");
+        }
+        assert!(Args::try_parse_from(["x", "--dns-listen", "nonsense"]).is_err());
+        assert!(Args::try_parse_from(["x", "--reverse-cidr", "10.0.0.0/33"]).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! Starting an authority in-process on port-0 loopback sockets, as the integration tests do.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use nodedns_authority::config::{Args, Config};
+use nodedns_authority::{Authority, Listeners};
+use nodedns_zone::ClusterStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Running {
+    pub dns: SocketAddr,
+    pub admin: SocketAddr,
+    pub store: Arc<ClusterStore>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), nodedns_authority::AuthorityError>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = self.task.await.expect("authority task panicked");
+        assert!(result.is_ok(), "authority stopped with {result:?}");
+    }
+}
+
+/// Parses `extra` flags after the test defaults (loopback port 0, no lameduck).
+pub fn config(extra: &[&str]) -> Config {
+    let mut argv = vec!["nodedns-authority", "--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--lameduck", "0"];
+    argv.extend_from_slice(extra);
+    Config::resolve(&Args::try_parse_from(argv).expect("test flags parse")).expect("test config resolves")
+}
+
+/// Starts an authority and waits until its cluster is loaded.
+pub async fn start(extra: &[&str]) -> Running {
+    let config = config(extra);
+    let listeners = Listeners::bind(&config).expect("binding port-0 sockets");
+    let dns = listeners.dns.addrs()[0];
+    let admin = listeners.admin_addr().expect("admin listener");
+    let authority = Authority::new(config);
+    let store = authority.store();
+    let mut generations = store.subscribe();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(authority.run(listeners, shutdown.clone()));
+    // The first publication is the initial load; a failed load ends the task instead.
+    tokio::select! {
+        r = generations.wait_for(|g| *g > 0) => { r.expect("store dropped"); }
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => panic!("authority did not load its cluster within 10s"),
+    }
+    Running { dns, admin, store, shutdown, task }
+}
+
+/// GET an admin path; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("admin write");
+    let mut out = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("admin answer within 5s")
+        .expect("admin read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
