@@ -21,7 +21,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .route("/metrics", get(|| async { crate::metrics::prometheus().render() }))
+        .route(
+            "/metrics",
+            get(|| async { crate::metrics::prometheus().render() }),
+        )
         .with_state(state)
 }
 
@@ -35,8 +38,14 @@ async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
     }
 }
 
-pub async fn serve(listener: StdTcpListener, state: Arc<AdminState>, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: StdTcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
 }

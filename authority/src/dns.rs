@@ -6,6 +6,8 @@ use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSoc
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
 use nodedns_zone::{ClusterStore, Context, Served, Transport, serve};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -42,7 +44,11 @@ impl DnsSockets {
         let mut tcp = Vec::new();
         for addr in addrs {
             let u = bind_udp(*addr)?;
-            let actual = u.local_addr().map_err(|source| BindError { what: "DNS UDP", addr: *addr, source })?;
+            let actual = u.local_addr().map_err(|source| BindError {
+                what: "DNS UDP",
+                addr: *addr,
+                source,
+            })?;
             tcp.push(bind_tcp(actual)?);
             udp.push(u);
         }
@@ -50,7 +56,10 @@ impl DnsSockets {
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 }
 
@@ -64,7 +73,11 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
 }
 
 pub fn bind_udp(addr: SocketAddr) -> Result<StdUdpSocket, BindError> {
-    let err = |source| BindError { what: "DNS UDP", addr, source };
+    let err = |source| BindError {
+        what: "DNS UDP",
+        addr,
+        source,
+    };
     let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
     // Room for bursts: a full receive buffer drops queries silently.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -73,7 +86,11 @@ pub fn bind_udp(addr: SocketAddr) -> Result<StdUdpSocket, BindError> {
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, BindError> {
-    let err = |source| BindError { what: "DNS TCP", addr, source };
+    let err = |source| BindError {
+        what: "DNS TCP",
+        addr,
+        source,
+    };
     let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
@@ -94,41 +111,51 @@ pub struct Shared {
 impl Shared {
     fn answer(&self, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Served {
         let index = self.store.index();
-        let ctx = Context { transport, client: peer.ip(), transfer_from: &self.transfer_from };
+        let ctx = Context {
+            transport,
+            client: peer.ip(),
+            transfer_from: &self.transfer_from,
+        };
         serve(&index, bytes, &ctx)
     }
 
-    /// Counts and logs one handled packet (the messages are sent by the caller).
-    fn account(&self, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
+    /// Counts one handled packet. Called before the reply is sent, so a client that has its
+    /// answer also sees it counted.
+    fn count(&self, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
         if let Some(reason) = served.dropped {
             self.metrics.dropped(reason);
             debug!(client = %peer, reason = reason.as_str(), "dropped packet");
             return;
         }
-        self.metrics.request(transport, peer.is_ipv6(), served.qtype);
-        let took = started.elapsed();
+        self.metrics
+            .request(transport, peer.is_ipv6(), served.qtype);
         if let Some(rcode) = served.rcode {
-            self.metrics.response(rcode, transport, took, served.truncated);
+            self.metrics
+                .response(rcode, transport, started.elapsed(), served.truncated);
         }
-        if matches!(served.qtype, Some(hickory_proto::rr::RecordType::AXFR | hickory_proto::rr::RecordType::IXFR)) {
-            let sent = served.messages.len() > 1
-                || served.rcode == Some(hickory_proto::op::ResponseCode::NoError);
+        if matches!(served.qtype, Some(RecordType::AXFR | RecordType::IXFR)) {
+            let sent = served.rcode == Some(ResponseCode::NoError);
             metrics::transfer(sent);
             info!(client = %peer, zone = served.qname.as_deref().unwrap_or(""), sent, "zone transfer request");
         }
-        if self.log_queries {
-            info!(
-                client = %peer,
-                proto = transport.as_str(),
-                qtype = %served.qtype.map(|t| t.to_string()).unwrap_or_default(),
-                qname = served.qname.as_deref().unwrap_or(""),
-                rcode = %served.rcode.map(|r| r.to_string()).unwrap_or_default(),
-                size = served.messages.iter().map(Vec::len).sum::<usize>(),
-                truncated = served.truncated,
-                duration_us = took.as_micros() as u64,
-                "query"
-            );
+    }
+
+    /// The optional per-query log line, written after the reply is on its way.
+    fn log(&self, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
+        if !self.log_queries || served.dropped.is_some() {
+            return;
         }
+        info!(
+            client = %peer,
+            proto = transport.as_str(),
+            qtype = %served.qtype.map(|t| t.to_string()).unwrap_or_default(),
+            qname = served.qname.as_deref().unwrap_or(""),
+            rcode = %served.rcode.map(|r| r.to_string()).unwrap_or_default(),
+            size = served.messages.iter().map(Vec::len).sum::<usize>(),
+            truncated = served.truncated,
+            duration_us = started.elapsed().as_micros() as u64,
+            "query"
+        );
     }
 }
 
@@ -150,17 +177,23 @@ pub async fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancell
         };
         let started = Instant::now();
         let served = shared.answer(&buf[..len], Transport::Udp, peer);
+        shared.count(&served, Transport::Udp, peer, started);
         for msg in &served.messages {
             if let Err(e) = socket.send_to(msg, peer).await {
                 debug!(client = %peer, error = %e, "UDP send failed");
             }
         }
-        shared.account(&served, Transport::Udp, peer, started);
+        shared.log(&served, Transport::Udp, peer, started);
     }
 }
 
 /// Accepts TCP connections until `stop` is cancelled; connections are tracked for draining.
-pub async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, tracker: TaskTracker) {
+pub async fn tcp_accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -193,7 +226,12 @@ pub async fn tcp_accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: C
 }
 
 /// RFC 7766: length-prefixed messages, pipelined; answered in order; closed when idle.
-async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, stop: &CancellationToken) -> std::io::Result<()> {
+async fn tcp_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; 65535];
     loop {
@@ -209,18 +247,22 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared
         };
         let n = usize::from(u16::from_be_bytes(len));
         // A started message must finish within the idle timeout too.
-        match tokio::time::timeout(shared.tcp_idle_timeout, stream.read_exact(&mut buf[..n])).await {
+        match tokio::time::timeout(shared.tcp_idle_timeout, stream.read_exact(&mut buf[..n])).await
+        {
             Err(_) => return Ok(()),
             Ok(r) => r?,
         };
         let started = Instant::now();
         let served = shared.answer(&buf[..n], Transport::Tcp, peer);
+        shared.count(&served, Transport::Tcp, peer, started);
         for msg in &served.messages {
-            let Ok(len) = u16::try_from(msg.len()) else { continue };
+            let Ok(len) = u16::try_from(msg.len()) else {
+                continue;
+            };
             stream.write_all(&len.to_be_bytes()).await?;
             stream.write_all(msg).await?;
         }
-        shared.account(&served, Transport::Tcp, peer, started);
+        shared.log(&served, Transport::Tcp, peer, started);
         if served.dropped.is_some() {
             // Not a DNS query stream; do not keep reading garbage.
             return Ok(());

@@ -34,7 +34,9 @@ pub use dns::{BindError, DnsSockets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
-    #[error("no cluster source: pass --cluster-file PATH (the Kubernetes API source is not available in this build)")]
+    #[error(
+        "no cluster source: pass --cluster-file PATH (the Kubernetes API source is not available in this build)"
+    )]
     NoSource,
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -75,8 +77,14 @@ pub struct Authority {
 
 impl Authority {
     pub fn new(config: Config) -> Self {
+        // Before anything records a metric: earlier values would go to the no-op recorder.
+        metrics::prometheus();
         let store = ClusterStore::new(config.zone.clone());
-        Self { config, store, draining: Arc::new(AtomicBool::new(false)) }
+        Self {
+            config,
+            store,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The store queries are answered from; tests subscribe to it to see reloads land.
@@ -87,7 +95,11 @@ impl Authority {
     /// Loads the configured source once. A failure here is a start-up failure; later reload
     /// failures keep the last good cluster.
     pub fn load(&self) -> Result<FileSource, AuthorityError> {
-        let path = self.config.cluster_file.as_ref().ok_or(AuthorityError::NoSource)?;
+        let path = self
+            .config
+            .cluster_file
+            .as_ref()
+            .ok_or(AuthorityError::NoSource)?;
         let mut source = FileSource::new(path, Arc::clone(&self.store));
         let loaded = source.load()?;
         metrics::reload(true);
@@ -110,7 +122,11 @@ impl Authority {
     /// Serves until `shutdown` is cancelled, then drains: `/ready` turns false, answers go on for
     /// the lameduck period (so endpoints are withdrawn first), listeners stop, open TCP queries
     /// finish.
-    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AuthorityError> {
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> Result<(), AuthorityError> {
         let source = self.load()?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -142,19 +158,37 @@ impl Authority {
             tcp_idle_timeout: self.config.tcp_idle_timeout,
             tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
         });
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         for socket in listeners.dns.udp {
-            let socket = Arc::new(tokio::net::UdpSocket::from_std(socket).map_err(|e| self.bind_error("DNS UDP", e))?);
+            let socket = Arc::new(
+                tokio::net::UdpSocket::from_std(socket)
+                    .map_err(|e| self.bind_error("DNS UDP", e))?,
+            );
             for _ in 0..workers {
-                tracker.spawn(dns::udp_loop(Arc::clone(&socket), Arc::clone(&shared), stop.clone()));
+                tracker.spawn(dns::udp_loop(
+                    Arc::clone(&socket),
+                    Arc::clone(&shared),
+                    stop.clone(),
+                ));
             }
         }
         for listener in listeners.dns.tcp {
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| self.bind_error("DNS TCP", e))?;
-            tracker.spawn(dns::tcp_accept_loop(listener, Arc::clone(&shared), stop.clone(), tracker.clone()));
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| self.bind_error("DNS TCP", e))?;
+            tracker.spawn(dns::tcp_accept_loop(
+                listener,
+                Arc::clone(&shared),
+                stop.clone(),
+                tracker.clone(),
+            ));
         }
         if let Some(admin) = listeners.admin {
-            let state = Arc::new(admin::AdminState { store: Arc::clone(&self.store), draining: Arc::clone(&self.draining) });
+            let state = Arc::new(admin::AdminState {
+                store: Arc::clone(&self.store),
+                draining: Arc::clone(&self.draining),
+            });
             let stop = stop.clone();
             tracker.spawn(async move {
                 if let Err(e) = admin::serve(admin, state, stop).await {
@@ -165,11 +199,17 @@ impl Authority {
 
         shutdown.cancelled().await;
         self.draining.store(true, Ordering::Release);
-        info!(lameduck_s = self.config.lameduck.as_secs_f64(), "shutting down: /ready is false, still answering during lameduck");
+        info!(
+            lameduck_s = self.config.lameduck.as_secs_f64(),
+            "shutting down: /ready is false, still answering during lameduck"
+        );
         tokio::time::sleep(self.config.lameduck).await;
         stop.cancel();
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("some connections did not finish within 5s of shutdown");
         }
         info!("stopped");
@@ -177,14 +217,23 @@ impl Authority {
     }
 
     fn bind_error(&self, what: &'static str, source: std::io::Error) -> AuthorityError {
-        let addr = self.config.dns_listen.first().copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+        let addr = self
+            .config
+            .dns_listen
+            .first()
+            .copied()
+            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
         AuthorityError::Bind(BindError { what, addr, source })
     }
 
     fn log_startup(&self, listeners: &Listeners, source: &std::path::Path) {
         let z = &self.config.zone;
         let index = self.store.index();
-        let reverse: Vec<String> = index.zones().filter(|(_, k)| *k == ZoneKind::Reverse).map(|(n, _)| n.to_string()).collect();
+        let reverse: Vec<String> = index
+            .zones()
+            .filter(|(_, k)| *k == ZoneKind::Reverse)
+            .map(|(n, _)| n.to_string())
+            .collect();
         info!(
             version = env!("CARGO_PKG_VERSION"),
             dns = ?listeners.dns.addrs(),

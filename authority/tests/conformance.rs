@@ -10,7 +10,14 @@ use nodedns_testsupport::corpus::{Corpus, check};
 use nodedns_testsupport::shared_dir;
 
 /// The assumed configuration of the corpus README.
-const REVERSE: [&str; 6] = ["10.0.0.0/16", "10.240.0.0/16", "172.0.0.0/16", "1234:abcd::/64", "10::/64", "5678:abcd::/64"];
+const REVERSE: [&str; 6] = [
+    "10.0.0.0/16",
+    "10.240.0.0/16",
+    "172.0.0.0/16",
+    "1234:abcd::/64",
+    "10::/64",
+    "5678:abcd::/64",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_corpus() {
@@ -38,8 +45,11 @@ async fn conformance_corpus() {
             skipped.push(format!("{} (needs an upstream resolver)", case.id));
             continue;
         }
-        let server = servers.get(&eff.pods).unwrap_or_else(|| panic!("{}: unknown pods mode {}", case.id, eff.pods));
-        let q = build(&case.qname, &case.qtype, 0x1000 + i as u16, Some(1232)).expect("query builds");
+        let server = servers
+            .get(&eff.pods)
+            .unwrap_or_else(|| panic!("{}: unknown pods mode {}", case.id, eff.pods));
+        let q =
+            build(&case.qname, &case.qtype, 0x1000 + i as u16, Some(1232)).expect("query builds");
         let response = if eff.tcp {
             tcp_raw(server.dns, &q.bytes).await
         } else {
@@ -51,7 +61,11 @@ async fn conformance_corpus() {
         let verdict = match response {
             Ok(r) => check(case, &q.bytes, q.question_len, &r),
             Err(e) => {
-                failed.push(format!("{} [{}]: no response: {e:#}", case.id, if eff.must { "must" } else { "should" }));
+                failed.push(format!(
+                    "{} [{}]: no response: {e:#}",
+                    case.id,
+                    if eff.must { "must" } else { "should" }
+                ));
                 continue;
             }
         };
@@ -61,10 +75,21 @@ async fn conformance_corpus() {
         if verdict.failures.is_empty() {
             passed += 1;
         } else {
-            failed.push(format!("{} [{}] {} {}: {}", case.id, if eff.must { "must" } else { "should" }, case.qname, case.qtype, verdict.failures.join("; ")));
+            failed.push(format!(
+                "{} [{}] {} {}: {}",
+                case.id,
+                if eff.must { "must" } else { "should" },
+                case.qname,
+                case.qtype,
+                verdict.failures.join("; ")
+            ));
         }
     }
-    eprintln!("conformance: {passed} passed, {} failed, {} skipped", failed.len(), skipped.len());
+    eprintln!(
+        "conformance: {passed} passed, {} failed, {} skipped",
+        failed.len(),
+        skipped.len()
+    );
     for s in &skipped {
         eprintln!("  skipped {s}");
     }

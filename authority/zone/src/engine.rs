@@ -54,12 +54,23 @@ impl ZoneIndex {
         Some(answer)
     }
 
-    fn resolve(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer, depth: usize) {
+    fn resolve(
+        &self,
+        zone: &Zone,
+        qname: &Name,
+        qtype: RecordType,
+        out: &mut Answer,
+        depth: usize,
+    ) {
         let node = match self.find(zone, qname) {
             Found::Missing => return negative(zone, ResponseCode::NXDomain, out),
             Found::Synth(data) => {
                 if data.record_type() == qtype || qtype == RecordType::ANY {
-                    out.answers.push(Record::from_rdata(qname.to_lowercase(), self.config.ttl, data));
+                    out.answers.push(Record::from_rdata(
+                        qname.to_lowercase(),
+                        self.config.ttl,
+                        data,
+                    ));
                     out.rcode = ResponseCode::NoError;
                 } else {
                     negative(zone, ResponseCode::NoError, out);
@@ -96,7 +107,7 @@ impl ZoneIndex {
     }
 
     fn find<'a>(&'a self, zone: &'a Zone, qname: &Name) -> Found<'a> {
-        let below = usize::from(qname.num_labels() - zone.apex.num_labels());
+        let below = labels_below(qname, &zone.apex);
         let mut labels: Vec<&[u8]> = qname.iter().take(below).collect();
         labels.reverse();
         let mut node = &zone.root;
@@ -130,9 +141,12 @@ impl ZoneIndex {
     /// kube-dns style wildcards (`--wildcards`): a `*` label matches any one label (other than the
     /// `_port`/`_proto` labels), and the answer carries the asked name as owner.
     fn wildcard(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer) {
-        let below = usize::from(qname.num_labels() - zone.apex.num_labels());
-        let mut labels: Vec<Vec<u8>> =
-            qname.iter().take(below).map(|l| l.to_ascii_lowercase()).collect();
+        let below = labels_below(qname, &zone.apex);
+        let mut labels: Vec<Vec<u8>> = qname
+            .iter()
+            .take(below)
+            .map(|l| l.to_ascii_lowercase())
+            .collect();
         labels.reverse();
         let mut matched: Vec<&Node> = Vec::new();
         collect(&zone.root, &labels, &mut matched);
@@ -143,11 +157,16 @@ impl ZoneIndex {
         let owner = qname.to_lowercase();
         let mut seen: Vec<&RData> = Vec::new();
         for node in matched {
-            for set in node.rrsets.iter().filter(|s| s.rtype == qtype || qtype == RecordType::ANY) {
+            for set in node
+                .rrsets
+                .iter()
+                .filter(|s| s.rtype == qtype || qtype == RecordType::ANY)
+            {
                 for data in &set.data {
                     if !seen.contains(&data) {
                         seen.push(data);
-                        out.answers.push(Record::from_rdata(owner.clone(), set.ttl, data.clone()));
+                        out.answers
+                            .push(Record::from_rdata(owner.clone(), set.ttl, data.clone()));
                     }
                 }
             }
@@ -173,7 +192,9 @@ impl ZoneIndex {
         }
         let mut extra = Vec::new();
         for target in targets {
-            let Some(zone) = self.zone_of(target) else { continue };
+            let Some(zone) = self.zone_of(target) else {
+                continue;
+            };
             if let Found::Node(node) = self.find(zone, target) {
                 let owner = node.owner.clone().unwrap_or_else(|| target.clone());
                 for rtype in [RecordType::A, RecordType::AAAA] {
@@ -228,8 +249,14 @@ fn collect<'a>(node: &'a Node, labels: &[Vec<u8>], out: &mut Vec<&'a Node>) {
     }
 }
 
+/// Labels of `name` below `apex` (which must hold it). Counted by hand: hickory's `num_labels`
+/// leaves out a leading `*`, as RRSIG label counts do.
+pub(crate) fn labels_below(name: &Name, apex: &Name) -> usize {
+    name.iter().count().saturating_sub(apex.iter().count())
+}
+
 fn has_star(zone: &Zone, qname: &Name) -> bool {
-    let below = usize::from(qname.num_labels() - zone.apex.num_labels());
+    let below = labels_below(qname, &zone.apex);
     qname.iter().take(below).any(|l| l == b"*")
 }
 
@@ -242,7 +269,11 @@ fn lower<'b>(label: &[u8], buf: &'b mut [u8; 63]) -> &'b [u8] {
 }
 
 fn push_set(owner: &Name, set: &RrSet, out: &mut Vec<Record>) {
-    out.extend(set.data.iter().map(|d| Record::from_rdata(owner.clone(), set.ttl, d.clone())));
+    out.extend(
+        set.data
+            .iter()
+            .map(|d| Record::from_rdata(owner.clone(), set.ttl, d.clone())),
+    );
 }
 
 /// NXDOMAIN or NODATA with the zone's SOA in the authority section (RFC 2308 §2, §3).

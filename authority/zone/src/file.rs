@@ -45,7 +45,11 @@ pub fn parse_cluster(text: &str) -> Result<ParsedFile, FileError> {
     let many = docs.len() > 1;
     let mut out = ParsedFile::default();
     for (d, doc) in docs.into_iter().enumerate() {
-        let doc_place = if many { format!("document {}", d + 1) } else { String::new() };
+        let doc_place = if many {
+            format!("document {}", d + 1)
+        } else {
+            String::new()
+        };
         if doc.is_null() {
             continue;
         }
@@ -70,7 +74,11 @@ pub fn parse_cluster(text: &str) -> Result<ParsedFile, FileError> {
                 convert_item(item, &place, &mut out)?;
             }
         } else {
-            let place = if doc_place.is_empty() { "document 1".to_owned() } else { doc_place };
+            let place = if doc_place.is_empty() {
+                "document 1".to_owned()
+            } else {
+                doc_place
+            };
             convert_item(&doc, &place, &mut out)?;
         }
     }
@@ -78,14 +86,27 @@ pub fn parse_cluster(text: &str) -> Result<ParsedFile, FileError> {
 }
 
 fn display_place(place: &str, kind: &str) -> String {
-    if place.is_empty() { kind.to_owned() } else { format!("{place} {kind}") }
+    if place.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{place} {kind}")
+    }
 }
 
 fn convert_item(item: &Value, place: &str, out: &mut ParsedFile) -> Result<(), FileError> {
     let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = item.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let ns = item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-    let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<no name>");
+    let api_version = item
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let ns = item
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let name = item
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<no name>");
     let object = if kind == "Namespace" {
         format!("{place} {kind} {name}")
     } else {
@@ -129,13 +150,23 @@ struct Invalid {
 }
 
 fn invalid(field: impl Into<String>, message: impl fmt::Display) -> Invalid {
-    Invalid { field: field.into(), message: message.to_string() }
+    Invalid {
+        field: field.into(),
+        message: message.to_string(),
+    }
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, Invalid> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        invalid(if path == "." { "(object)".to_owned() } else { path }, e.into_inner())
+        invalid(
+            if path == "." {
+                "(object)".to_owned()
+            } else {
+                path
+            },
+            e.into_inner(),
+        )
     })
 }
 
@@ -144,18 +175,25 @@ fn typed<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, Invalid> {
 fn check_label(field: &str, value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format_args!("{value:?} is not a DNS label (1-63 of a-z, 0-9, '-')")))
+        Err(invalid(
+            field,
+            format_args!("{value:?} is not a DNS label (1-63 of a-z, 0-9, '-')"),
+        ))
     }
 }
 
 fn parse_ip(field: &str, value: &str) -> Result<IpAddr, Invalid> {
-    value.parse().map_err(|_| invalid(field, format_args!("{value:?} is not an IP address")))
+    value
+        .parse()
+        .map_err(|_| invalid(field, format_args!("{value:?} is not an IP address")))
 }
 
 fn parse_protocol(field: &str, value: Option<&str>) -> Result<Protocol, Invalid> {
@@ -187,7 +225,10 @@ struct Meta {
 
 impl Meta {
     fn name(&self) -> Result<String, Invalid> {
-        let name = self.name.clone().ok_or_else(|| invalid("metadata.name", "missing"))?;
+        let name = self
+            .name
+            .clone()
+            .ok_or_else(|| invalid("metadata.name", "missing"))?;
         if name.is_empty() {
             return Err(invalid("metadata.name", "empty"));
         }
@@ -195,7 +236,10 @@ impl Meta {
     }
 
     fn namespace(&self) -> Result<String, Invalid> {
-        let ns = self.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         check_label("metadata.namespace", &ns)?;
         Ok(ns)
     }
@@ -275,7 +319,11 @@ impl RawService {
             } else {
                 let mut parsed = Vec::with_capacity(ips.len());
                 for (i, ip) in ips.iter().enumerate().filter(|(_, ip)| !ip.is_empty()) {
-                    let f = if field == "spec.clusterIP" { field.to_owned() } else { format!("{field}[{i}]") };
+                    let f = if field == "spec.clusterIP" {
+                        field.to_owned()
+                    } else {
+                        format!("{field}[{i}]")
+                    };
                     parsed.push(parse_ip(&f, ip)?);
                 }
                 ServiceKind::ClusterIp(parsed)
@@ -283,14 +331,24 @@ impl RawService {
         };
         let mut ports = Vec::with_capacity(spec.ports.len());
         for (i, p) in spec.ports.into_iter().enumerate() {
-            let number = p.port.ok_or_else(|| invalid(format!("spec.ports[{i}].port"), "missing"))?;
+            let number = p
+                .port
+                .ok_or_else(|| invalid(format!("spec.ports[{i}].port"), "missing"))?;
             ports.push(Port {
-                protocol: parse_protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?,
+                protocol: parse_protocol(
+                    &format!("spec.ports[{i}].protocol"),
+                    p.protocol.as_deref(),
+                )?,
                 port: Some(parse_port(&format!("spec.ports[{i}].port"), number)?),
                 name: non_empty(p.name),
             });
         }
-        Ok(Object::Service(Service { namespace, name, kind, ports }))
+        Ok(Object::Service(Service {
+            namespace,
+            name,
+            kind,
+            ports,
+        }))
     }
 }
 
@@ -332,7 +390,11 @@ impl RawSlice {
     fn convert(self) -> Result<Object, Invalid> {
         let name = self.metadata.name()?;
         let namespace = self.metadata.namespace()?;
-        let service = self.metadata.labels.get("kubernetes.io/service-name").cloned();
+        let service = self
+            .metadata
+            .labels
+            .get("kubernetes.io/service-name")
+            .cloned();
         let address_type = self.address_type.unwrap_or_default();
         let wants_v6 = match address_type.as_str() {
             "IPv4" => Some(false),
@@ -340,14 +402,20 @@ impl RawSlice {
             // FQDN slices are deprecated and carry no addresses DNS can serve.
             "FQDN" => None,
             other => {
-                return Err(invalid("addressType", format_args!("{other:?} is not IPv4, IPv6 or FQDN")));
+                return Err(invalid(
+                    "addressType",
+                    format_args!("{other:?} is not IPv4, IPv6 or FQDN"),
+                ));
             }
         };
         let mut ports = Vec::new();
         for (i, p) in self.ports.unwrap_or_default().into_iter().enumerate() {
             ports.push(Port {
                 protocol: parse_protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
-                port: p.port.map(|n| parse_port(&format!("ports[{i}].port"), n)).transpose()?,
+                port: p
+                    .port
+                    .map(|n| parse_port(&format!("ports[{i}].port"), n))
+                    .transpose()?,
                 name: non_empty(p.name),
             });
         }
@@ -359,7 +427,10 @@ impl RawSlice {
                 let field = format!("endpoints[{i}].addresses[{j}]");
                 let ip = parse_ip(&field, a)?;
                 if ip.is_ipv6() != wants_v6 {
-                    return Err(invalid(field, format_args!("{a} does not match addressType {address_type}")));
+                    return Err(invalid(
+                        field,
+                        format_args!("{a} does not match addressType {address_type}"),
+                    ));
                 }
                 addresses.push(ip);
             }
@@ -378,7 +449,13 @@ impl RawSlice {
                     .and_then(|r| non_empty(r.name)),
             });
         }
-        Ok(Object::EndpointSlice(EndpointSlice { namespace, name, service, ports, endpoints }))
+        Ok(Object::EndpointSlice(EndpointSlice {
+            namespace,
+            name,
+            service,
+            ports,
+            endpoints,
+        }))
     }
 }
 
@@ -459,7 +536,12 @@ impl RawPod {
             "Succeeded" => PodPhase::Succeeded,
             "Failed" => PodPhase::Failed,
             "Unknown" => PodPhase::Unknown,
-            other => return Err(invalid("status.phase", format_args!("{other:?} is not a pod phase"))),
+            other => {
+                return Err(invalid(
+                    "status.phase",
+                    format_args!("{other:?} is not a pod phase"),
+                ));
+            }
         };
         let spec = self.spec;
         let dns_policy = match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
@@ -467,7 +549,12 @@ impl RawPod {
             "ClusterFirstWithHostNet" => DnsPolicy::ClusterFirstWithHostNet,
             "Default" => DnsPolicy::Default,
             "None" => DnsPolicy::None,
-            other => return Err(invalid("spec.dnsPolicy", format_args!("{other:?} is not a DNS policy"))),
+            other => {
+                return Err(invalid(
+                    "spec.dnsPolicy",
+                    format_args!("{other:?} is not a DNS policy"),
+                ));
+            }
         };
         let dns_config = spec.dns_config.map(|c| PodDnsConfig {
             nameservers: c.nameservers,
@@ -506,9 +593,18 @@ mod tests {
         let b = parse_cluster(docs).map_err(|e| e.to_string()).unwrap();
         assert_eq!(a.objects, b.objects);
         assert_eq!(a.objects.len(), 2);
-        let Object::Service(s) = &a.objects[1] else { panic!("not a service: {:?}", a.objects[1]) };
-        assert_eq!(s.kind, ServiceKind::ClusterIp(vec!["10.0.0.1".parse().unwrap()]));
-        assert_eq!(s.ports[0].protocol, Protocol::Tcp, "protocol defaults to TCP");
+        let Object::Service(s) = &a.objects[1] else {
+            panic!("not a service: {:?}", a.objects[1])
+        };
+        assert_eq!(
+            s.kind,
+            ServiceKind::ClusterIp(vec!["10.0.0.1".parse().unwrap()])
+        );
+        assert_eq!(
+            s.ports[0].protocol,
+            Protocol::Tcp,
+            "protocol defaults to TCP"
+        );
     }
 
     #[test]
@@ -548,9 +644,10 @@ mod tests {
     #[test]
     fn yaml_syntax_errors_and_other_kinds() {
         assert!(matches!(parse_cluster("a: [b\n"), Err(FileError::Yaml(_))));
-        let parsed = parse_cluster("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n")
-            .map_err(|e| e.to_string())
-            .unwrap();
+        let parsed =
+            parse_cluster("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n")
+                .map_err(|e| e.to_string())
+                .unwrap();
         assert_eq!((parsed.objects.len(), parsed.skipped), (0, 1));
     }
 
@@ -558,13 +655,23 @@ mod tests {
     fn pod_fields_and_slice_readiness() {
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, deletionTimestamp: '2026-01-01T00:00:00Z'}\nspec: {nodeName: n1, hostNetwork: true, dnsPolicy: None, dnsConfig: {searches: [x.y], options: [{name: ndots, value: '2'}]}}\nstatus: {phase: Running, podIP: 10.1.0.1, podIPs: [{ip: 10.1.0.1}, {ip: 'fd00::1'}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, namespace: a, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.0.1], conditions: {}}, {addresses: [10.1.0.2], conditions: {ready: false}}]\n";
         let parsed = parse_cluster(text).map_err(|e| e.to_string()).unwrap();
-        let Object::Pod(p) = &parsed.objects[0] else { panic!() };
+        let Object::Pod(p) = &parsed.objects[0] else {
+            panic!()
+        };
         assert_eq!(p.ips.len(), 2);
         assert!(p.host_network && p.terminating);
         assert_eq!(p.dns_policy, DnsPolicy::None);
-        assert_eq!(p.dns_config.as_ref().unwrap().options, vec![("ndots".to_owned(), Some("2".to_owned()))]);
-        let Object::EndpointSlice(s) = &parsed.objects[1] else { panic!() };
+        assert_eq!(
+            p.dns_config.as_ref().unwrap().options,
+            vec![("ndots".to_owned(), Some("2".to_owned()))]
+        );
+        let Object::EndpointSlice(s) = &parsed.objects[1] else {
+            panic!()
+        };
         assert_eq!(s.service.as_deref(), Some("s"));
-        assert_eq!(s.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(), vec![true, false]);
+        assert_eq!(
+            s.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(),
+            vec![true, false]
+        );
     }
 }

@@ -34,7 +34,9 @@ impl FromStr for PodsMode {
             "verified" => Ok(Self::Verified),
             "insecure" => Ok(Self::Insecure),
             "disabled" => Ok(Self::Disabled),
-            other => Err(format!("{other:?} is not one of verified, insecure, disabled")),
+            other => Err(format!(
+                "{other:?} is not one of verified, insecure, disabled"
+            )),
         }
     }
 }
@@ -95,10 +97,13 @@ impl Node {
     }
 
     fn count(&self) -> (usize, usize) {
-        self.children.values().fold((1, self.rrsets.iter().map(|r| r.data.len()).sum()), |acc, c| {
-            let (n, r) = c.count();
-            (acc.0 + n, acc.1 + r)
-        })
+        self.children.values().fold(
+            (1, self.rrsets.iter().map(|r| r.data.len()).sum()),
+            |acc, c| {
+                let (n, r) = c.count();
+                (acc.0 + n, acc.1 + r)
+            },
+        )
     }
 }
 
@@ -157,12 +162,18 @@ impl ZoneIndex {
     }
 
     pub fn stats(&self) -> IndexStats {
-        self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
-            let (n, r) = z.root.count();
-            s.nodes += n;
-            s.records += r;
-            s
-        })
+        self.zones.iter().fold(
+            IndexStats {
+                zones: self.zones.len(),
+                ..Default::default()
+            },
+            |mut s, z| {
+                let (n, r) = z.root.count();
+                s.nodes += n;
+                s.records += r;
+                s
+            },
+        )
     }
 }
 
@@ -172,7 +183,14 @@ pub fn reverse_zone_of(cidr: &IpNet) -> Name {
     let (labels, suffix): (Vec<String>, &str) = match cidr.trunc() {
         IpNet::V4(n) => {
             let keep = usize::from(n.prefix_len() / 8);
-            (n.network().octets()[..keep].iter().rev().map(u8::to_string).collect(), "in-addr.arpa.")
+            (
+                n.network().octets()[..keep]
+                    .iter()
+                    .rev()
+                    .map(u8::to_string)
+                    .collect(),
+                "in-addr.arpa.",
+            )
         }
         IpNet::V6(n) => {
             let keep = usize::from(n.prefix_len() / 4);
@@ -187,7 +205,11 @@ pub fn reverse_zone_of(cidr: &IpNet) -> Name {
             (nibbles.into_iter().rev().collect(), "ip6.arpa.")
         }
     };
-    let text = if labels.is_empty() { suffix.to_owned() } else { format!("{}.{suffix}", labels.join(".")) };
+    let text = if labels.is_empty() {
+        suffix.to_owned()
+    } else {
+        format!("{}.{suffix}", labels.join("."))
+    };
     Name::from_ascii(text).expect("reverse names are valid")
 }
 
@@ -206,7 +228,11 @@ pub fn undashed(label: &str) -> Option<IpAddr> {
     if let Ok(v4) = dots.parse::<std::net::Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    label.replace('-', ":").parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+    label
+        .replace('-', ":")
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
@@ -246,8 +272,17 @@ struct Builder<'c> {
 
 impl<'c> Builder<'c> {
     fn new(config: &'c ZoneConfig, serial: u32, state: &ClusterState) -> Self {
-        let reverse_cidrs = config.reverse_cidrs.clone().unwrap_or_else(|| default_reverse_cidrs(state));
-        let mut b = Builder { config, serial, zones: Vec::new(), reverse_cidrs, srv: BTreeMap::new() };
+        let reverse_cidrs = config
+            .reverse_cidrs
+            .clone()
+            .unwrap_or_else(|| default_reverse_cidrs(state));
+        let mut b = Builder {
+            config,
+            serial,
+            zones: Vec::new(),
+            reverse_cidrs,
+            srv: BTreeMap::new(),
+        };
         b.add_zone(config.cluster_domain.to_lowercase(), ZoneKind::Cluster);
         let apexes: BTreeSet<Name> = b.reverse_cidrs.iter().map(reverse_zone_of).collect();
         for apex in apexes {
@@ -255,34 +290,66 @@ impl<'c> Builder<'c> {
                 b.add_zone(apex, ZoneKind::Reverse);
             }
         }
-        b.zones.sort_by_key(|z| std::cmp::Reverse(z.apex.num_labels()));
+        b.zones
+            .sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
         b
     }
 
     fn add_zone(&mut self, apex: Name, kind: ZoneKind) {
         let ttl = self.config.ttl;
-        let label = |l: &str| Name::from_ascii(l).expect("static label").append_domain(&apex);
+        let label = |l: &str| {
+            Name::from_ascii(l)
+                .expect("static label")
+                .append_domain(&apex)
+        };
         let mname = label("ns.dns").expect("apex names are short");
         let rname = label("hostmaster").expect("apex names are short");
         let soa = Record::from_rdata(
             apex.clone(),
             ttl,
-            RData::SOA(SOA::new(mname.clone(), rname, self.serial, 7200, 1800, 86400, ttl)),
+            RData::SOA(SOA::new(
+                mname.clone(),
+                rname,
+                self.serial,
+                7200,
+                1800,
+                86400,
+                ttl,
+            )),
         );
-        let mut root = Node { owner: Some(apex.clone()), ..Default::default() };
-        root.rrsets.push(RrSet { rtype: RecordType::SOA, ttl, data: vec![soa.data.clone()] });
-        root.rrsets.push(RrSet { rtype: RecordType::NS, ttl, data: vec![RData::NS(NS(mname))] });
-        self.zones.push(Zone { apex, kind, root, soa });
+        let mut root = Node {
+            owner: Some(apex.clone()),
+            ..Default::default()
+        };
+        root.rrsets.push(RrSet {
+            rtype: RecordType::SOA,
+            ttl,
+            data: vec![soa.data.clone()],
+        });
+        root.rrsets.push(RrSet {
+            rtype: RecordType::NS,
+            ttl,
+            data: vec![RData::NS(NS(mname))],
+        });
+        self.zones.push(Zone {
+            apex,
+            kind,
+            root,
+            soa,
+        });
     }
 
     /// The node for `owner` in the most specific zone holding it, created with its ancestors.
     fn node(&mut self, owner: &Name) -> Option<&mut Node> {
         let zone = self.zones.iter_mut().find(|z| z.apex.zone_of(owner))?;
-        let below = usize::from(owner.num_labels() - zone.apex.num_labels());
+        let below = crate::engine::labels_below(owner, &zone.apex);
         let labels: Vec<&[u8]> = owner.iter().take(below).collect();
         let mut node = &mut zone.root;
         for label in labels.into_iter().rev() {
-            node = node.children.entry(label.to_ascii_lowercase().into_boxed_slice()).or_default();
+            node = node
+                .children
+                .entry(label.to_ascii_lowercase().into_boxed_slice())
+                .or_default();
         }
         Some(node)
     }
@@ -300,7 +367,11 @@ impl<'c> Builder<'c> {
         match node.rrsets.iter_mut().find(|r| r.rtype == rtype) {
             Some(set) if set.data.contains(&data) => {}
             Some(set) => set.data.push(data),
-            None => node.rrsets.push(RrSet { rtype, ttl, data: vec![data] }),
+            None => node.rrsets.push(RrSet {
+                rtype,
+                ttl,
+                data: vec![data],
+            }),
         }
     }
 
@@ -316,7 +387,11 @@ impl<'c> Builder<'c> {
         if !self.reverse_cidrs.iter().any(|c| c.contains(&ip)) {
             return;
         }
-        self.add(&Name::from(ip), self.config.ttl, RData::PTR(PTR(target.clone())));
+        self.add(
+            &Name::from(ip),
+            self.config.ttl,
+            RData::PTR(PTR(target.clone())),
+        );
     }
 
     fn cluster_name(&self, labels: &[&str]) -> Option<Name> {
@@ -324,7 +399,8 @@ impl<'c> Builder<'c> {
         for l in labels {
             name = name.append_label(l.to_ascii_lowercase().as_str()).ok()?;
         }
-        name.append_domain(&self.config.cluster_domain.to_lowercase()).ok()
+        name.append_domain(&self.config.cluster_domain.to_lowercase())
+            .ok()
     }
 
     fn finish(mut self, state: &ClusterState) -> ZoneIndex {
@@ -341,7 +417,11 @@ impl<'c> Builder<'c> {
             }
         }
         if let Some(v) = self.cluster_name(&["dns-version"]) {
-            self.add(&v, DNS_VERSION_TTL, RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()])));
+            self.add(
+                &v,
+                DNS_VERSION_TTL,
+                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()])),
+            );
         }
         for ns in state.namespaces.keys() {
             for sub in ["svc", "pod"] {
@@ -367,7 +447,11 @@ impl<'c> Builder<'c> {
                 self.add(&owner, ttl, RData::SRV(SRV::new(0, weight, port, target)));
             }
         }
-        ZoneIndex { zones: self.zones, config: self.config.clone(), serial: self.serial }
+        ZoneIndex {
+            zones: self.zones,
+            config: self.config.clone(),
+            serial: self.serial,
+        }
     }
 
     fn add_services(&mut self, state: &ClusterState) {
@@ -375,7 +459,10 @@ impl<'c> Builder<'c> {
         let mut slices: HashMap<(&str, &str), Vec<&crate::model::EndpointSlice>> = HashMap::new();
         for s in state.slices.values() {
             if let Some(svc) = &s.service {
-                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
+                slices
+                    .entry((s.namespace.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(s);
             }
         }
         for svc in state.services.values() {
@@ -396,7 +483,11 @@ impl<'c> Builder<'c> {
             }
             match &svc.kind {
                 ServiceKind::ExternalName(target) => {
-                    let absolute = if target.ends_with('.') { target.clone() } else { format!("{target}.") };
+                    let absolute = if target.ends_with('.') {
+                        target.clone()
+                    } else {
+                        format!("{target}.")
+                    };
                     if let Ok(t) = Name::from_ascii(&absolute) {
                         self.add(&svc_name, self.config.ttl, RData::CNAME(CNAME(t)));
                     }
@@ -409,9 +500,15 @@ impl<'c> Builder<'c> {
                     }
                     for p in &svc.ports {
                         let Some(port) = p.port else { continue };
-                        self.srv.entry(svc_name.clone()).or_default().push((port, svc_name.clone()));
+                        self.srv
+                            .entry(svc_name.clone())
+                            .or_default()
+                            .push((port, svc_name.clone()));
                         if let Some(owner) = self.port_owner(p, &svc_name) {
-                            self.srv.entry(owner).or_default().push((port, svc_name.clone()));
+                            self.srv
+                                .entry(owner)
+                                .or_default()
+                                .push((port, svc_name.clone()));
                         }
                     }
                     // Endpoint names exist under ClusterIP services too (CoreDNS extension), so
@@ -429,9 +526,15 @@ impl<'c> Builder<'c> {
                         self.add_ptr(*ip, name);
                         for p in ports.iter() {
                             let Some(port) = p.port else { continue };
-                            self.srv.entry(svc_name.clone()).or_default().push((port, name.clone()));
+                            self.srv
+                                .entry(svc_name.clone())
+                                .or_default()
+                                .push((port, name.clone()));
                             if let Some(owner) = self.port_owner(p, &svc_name) {
-                                self.srv.entry(owner).or_default().push((port, name.clone()));
+                                self.srv
+                                    .entry(owner)
+                                    .or_default()
+                                    .push((port, name.clone()));
                             }
                         }
                     }
@@ -442,13 +545,20 @@ impl<'c> Builder<'c> {
 
     fn endpoint_name(&self, ep: &Endpoint, ip: &IpAddr, svc_name: &Name) -> Option<Name> {
         let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
-        Name::from_ascii(host.to_ascii_lowercase()).ok()?.append_domain(svc_name).ok()
+        Name::from_ascii(host.to_ascii_lowercase())
+            .ok()?
+            .append_domain(svc_name)
+            .ok()
     }
 
     /// `_<port>._<proto>.<svc>` for a named port.
     fn port_owner(&self, port: &Port, svc_name: &Name) -> Option<Name> {
         let name = port.name.as_ref()?;
-        let labels = format!("_{}.{}", name.to_ascii_lowercase(), port.protocol.srv_label());
+        let labels = format!(
+            "_{}.{}",
+            name.to_ascii_lowercase(),
+            port.protocol.srv_label()
+        );
         Name::from_ascii(labels).ok()?.append_domain(svc_name).ok()
     }
 }
@@ -463,12 +573,19 @@ mod tests {
             ("10.0.0.0/16", "0.10.in-addr.arpa."),
             ("10.0.0.0/12", "10.in-addr.arpa."),
             ("172.0.0.0/24", "0.0.172.in-addr.arpa."),
-            ("1234:abcd::/64", "0.0.0.0.0.0.0.0.d.c.b.a.4.3.2.1.ip6.arpa."),
+            (
+                "1234:abcd::/64",
+                "0.0.0.0.0.0.0.0.d.c.b.a.4.3.2.1.ip6.arpa.",
+            ),
             ("10::/64", "0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.ip6.arpa."),
             ("fd00::/7", "f.ip6.arpa."),
         ];
         for (cidr, apex) in cases {
-            assert_eq!(reverse_zone_of(&cidr.parse().unwrap()).to_ascii(), apex, "{cidr}");
+            assert_eq!(
+                reverse_zone_of(&cidr.parse().unwrap()).to_ascii(),
+                apex,
+                "{cidr}"
+            );
         }
     }
 
