@@ -21,10 +21,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .route(
-            "/metrics",
-            get(|| async { crate::metrics::prometheus().render() }),
-        )
+        .route("/metrics", get(|| async { crate::metrics::prometheus().render() }))
         .with_state(state)
 }
 
@@ -45,7 +42,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
 }

@@ -33,12 +33,7 @@ pub struct Args {
     #[arg(long, env = "NODEDNS_CLUSTER_DOMAIN", value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
     /// DNS listen address, UDP and TCP; repeatable [default: 0.0.0.0:53].
-    #[arg(
-        long,
-        env = "NODEDNS_DNS_LISTEN",
-        value_name = "ADDR:PORT",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "NODEDNS_DNS_LISTEN", value_name = "ADDR:PORT", value_delimiter = ',')]
     pub dns_listen: Vec<SocketAddr>,
     /// Admin listen address for /health, /ready and /metrics [default: 0.0.0.0:9153].
     #[arg(long, env = "NODEDNS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
@@ -51,32 +46,17 @@ pub struct Args {
     pub ttl: Option<u32>,
     /// Answer PTR queries only inside these CIDRs; repeatable [default: the IPv4 /16 and IPv6 /64
     /// around every service, endpoint and pod address seen].
-    #[arg(
-        long,
-        env = "NODEDNS_REVERSE_CIDR",
-        value_name = "CIDR",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "NODEDNS_REVERSE_CIDR", value_name = "CIDR", value_delimiter = ',')]
     pub reverse_cidr: Vec<IpNet>,
     /// Treat `*` labels as wildcards (`*.<ns>.svc.<zone>` lists a namespace's services).
     #[arg(long, env = "NODEDNS_WILDCARDS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub wildcards: Option<bool>,
     /// Allow zone transfers (AXFR over TCP) to clients in this CIDR; repeatable [default: none].
-    #[arg(
-        long,
-        env = "NODEDNS_TRANSFER_FROM",
-        value_name = "CIDR",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "NODEDNS_TRANSFER_FROM", value_name = "CIDR", value_delimiter = ',')]
     pub transfer_from: Vec<IpNet>,
     /// Addresses of `ns.dns.<zone>`, the apex NS target; repeatable [default: the specific
     /// --dns-listen addresses].
-    #[arg(
-        long,
-        env = "NODEDNS_NS_ADDRESS",
-        value_name = "IP",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "NODEDNS_NS_ADDRESS", value_name = "IP", value_delimiter = ',')]
     pub ns_address: Vec<IpAddr>,
     /// How often the cluster file is checked for changes [default: 1].
     #[arg(long, env = "NODEDNS_RELOAD_INTERVAL", value_name = "SECONDS")]
@@ -155,10 +135,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
@@ -168,17 +145,13 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
 
 /// Reads a YAML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string() })?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_saphyr::from_str(&text).map_err(|e| ConfigError::File {
-        path: path.to_owned(),
-        message: e.to_string().replace('\n', " "),
-    })
+    serde_saphyr::from_str(&text)
+        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string().replace('\n', " ") })
 }
 
 impl Config {
@@ -189,43 +162,24 @@ impl Config {
             None => FileConfig::default(),
         };
         fn list<T: Clone>(flag: &[T], file: Option<Vec<T>>) -> Vec<T> {
-            if flag.is_empty() {
-                file.unwrap_or_default()
-            } else {
-                flag.to_vec()
-            }
+            if flag.is_empty() { file.unwrap_or_default() } else { flag.to_vec() }
         }
 
-        let domain_text = args
-            .cluster_domain
-            .clone()
-            .or(file.cluster_domain)
-            .unwrap_or_else(|| "cluster.local".into());
+        let domain_text =
+            args.cluster_domain.clone().or(file.cluster_domain).unwrap_or_else(|| "cluster.local".into());
         let bare = domain_text.trim_end_matches('.');
         let cluster_domain = Name::from_ascii(format!("{bare}."))
             .ok()
             .filter(|n| !bare.is_empty() && n.num_labels() > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "cluster-domain",
-                    format!("{domain_text:?} is not a domain name"),
-                )
-            })?
+            .ok_or_else(|| invalid("cluster-domain", format!("{domain_text:?} is not a domain name")))?
             .to_lowercase();
 
-        let pods_text = args
-            .pods
-            .clone()
-            .or(file.pods)
-            .unwrap_or_else(|| "verified".into());
+        let pods_text = args.pods.clone().or(file.pods).unwrap_or_else(|| "verified".into());
         let pods: PodsMode = pods_text.parse().map_err(|e: String| invalid("pods", e))?;
 
         let ttl = args.ttl.or(file.ttl).unwrap_or(5);
         if ttl > MAX_TTL {
-            return Err(invalid(
-                "ttl",
-                format!("{ttl} is above the maximum {MAX_TTL}"),
-            ));
+            return Err(invalid("ttl", format!("{ttl} is above the maximum {MAX_TTL}")));
         }
 
         let mut dns_listen = list(&args.dns_listen, file.dns_listen);
@@ -235,40 +189,22 @@ impl Config {
         let reverse = list(&args.reverse_cidr, file.reverse_cidr);
         let mut ns_addresses = list(&args.ns_address, file.ns_address);
         if ns_addresses.is_empty() {
-            ns_addresses = dns_listen
-                .iter()
-                .map(SocketAddr::ip)
-                .filter(|ip| !ip.is_unspecified())
-                .collect();
+            ns_addresses = dns_listen.iter().map(SocketAddr::ip).filter(|ip| !ip.is_unspecified()).collect();
             ns_addresses.dedup();
         }
-        let log_format = match args
-            .log_format
-            .clone()
-            .or(file.log_format)
-            .as_deref()
-            .unwrap_or("text")
-        {
+        let log_format = match args.log_format.clone().or(file.log_format).as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(invalid(
-                    "log-format",
-                    format!("{other:?} is not text or json"),
-                ));
+                return Err(invalid("log-format", format!("{other:?} is not text or json")));
             }
         };
-        let tcp_max_connections = args
-            .tcp_max_connections
-            .or(file.tcp_max_connections)
-            .unwrap_or(1024);
+        let tcp_max_connections = args.tcp_max_connections.or(file.tcp_max_connections).unwrap_or(1024);
         if tcp_max_connections == 0 {
             return Err(invalid("tcp-max-connections", "must be at least 1"));
         }
-        let reload_interval = seconds(
-            "reload-interval",
-            args.reload_interval.or(file.reload_interval).unwrap_or(1.0),
-        )?;
+        let reload_interval =
+            seconds("reload-interval", args.reload_interval.or(file.reload_interval).unwrap_or(1.0))?;
         if reload_interval.is_zero() {
             return Err(invalid("reload-interval", "must be above 0"));
         }
@@ -297,9 +233,7 @@ impl Config {
             reload_interval,
             tcp_idle_timeout: seconds(
                 "tcp-idle-timeout",
-                args.tcp_idle_timeout
-                    .or(file.tcp_idle_timeout)
-                    .unwrap_or(10.0),
+                args.tcp_idle_timeout.or(file.tcp_idle_timeout).unwrap_or(10.0),
             )?,
             tcp_max_connections,
             lameduck: seconds("lameduck", args.lameduck.or(file.lameduck).unwrap_or(5.0))?,
@@ -314,8 +248,7 @@ mod tests {
     use super::*;
 
     fn args(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("nodedns-authority").chain(argv.iter().copied()))
-            .unwrap()
+        Args::try_parse_from(std::iter::once("nodedns-authority").chain(argv.iter().copied())).unwrap()
     }
 
     fn write(text: &str) -> tempfile_path::TempPath {
@@ -329,8 +262,7 @@ mod tests {
             pub fn with(text: &str) -> Self {
                 static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let p = std::env::temp_dir()
-                    .join(format!("nodedns-cfg-{}-{n}.yaml", std::process::id()));
+                let p = std::env::temp_dir().join(format!("nodedns-cfg-{}-{n}.yaml", std::process::id()));
                 std::fs::write(&p, text).unwrap();
                 TempPath(p)
             }
@@ -349,10 +281,7 @@ mod tests {
         assert_eq!(c.zone.ttl, 5);
         assert_eq!(c.zone.pods, PodsMode::Verified);
         assert_eq!(c.dns_listen, vec!["0.0.0.0:53".parse().unwrap()]);
-        assert!(
-            c.zone.ns_addresses.is_empty(),
-            "unspecified listen addresses give no NS glue"
-        );
+        assert!(c.zone.ns_addresses.is_empty(), "unspecified listen addresses give no NS glue");
         assert!(!c.zone.wildcards);
     }
 
@@ -362,16 +291,9 @@ mod tests {
         let p = f.0.to_str().unwrap();
         let c = Config::resolve(&args(&["--config", p, "--ttl", "7"])).unwrap();
         assert_eq!(c.zone.ttl, 7, "flag wins");
-        assert_eq!(
-            c.zone.pods,
-            PodsMode::Insecure,
-            "file fills what flags leave out"
-        );
+        assert_eq!(c.zone.pods, PodsMode::Insecure, "file fills what flags leave out");
         assert!(c.zone.wildcards);
-        assert_eq!(
-            c.zone.ns_addresses,
-            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(c.zone.ns_addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         let c = Config::resolve(&args(&["--config", p, "--wildcards=false"])).unwrap();
         assert!(!c.zone.wildcards);
     }
@@ -379,9 +301,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let f = write("ttl: 5\nclustre-domain: x\n");
-        let err = Config::resolve(&args(&["--config", f.0.to_str().unwrap()]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::resolve(&args(&["--config", f.0.to_str().unwrap()])).unwrap_err().to_string();
         assert!(err.contains("clustre-domain"), "{err}");
         for (argv, key) in [
             (&["--pods", "maybe"][..], "pods: "),

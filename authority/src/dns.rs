@@ -44,11 +44,8 @@ impl DnsSockets {
         let mut tcp = Vec::new();
         for addr in addrs {
             let u = bind_udp(*addr)?;
-            let actual = u.local_addr().map_err(|source| BindError {
-                what: "DNS UDP",
-                addr: *addr,
-                source,
-            })?;
+            let actual =
+                u.local_addr().map_err(|source| BindError { what: "DNS UDP", addr: *addr, source })?;
             tcp.push(bind_tcp(actual)?);
             udp.push(u);
         }
@@ -56,10 +53,7 @@ impl DnsSockets {
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.udp
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 }
 
@@ -73,11 +67,7 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
 }
 
 pub fn bind_udp(addr: SocketAddr) -> Result<StdUdpSocket, BindError> {
-    let err = |source| BindError {
-        what: "DNS UDP",
-        addr,
-        source,
-    };
+    let err = |source| BindError { what: "DNS UDP", addr, source };
     let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
     // Room for bursts: a full receive buffer drops queries silently.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -86,11 +76,7 @@ pub fn bind_udp(addr: SocketAddr) -> Result<StdUdpSocket, BindError> {
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, BindError> {
-    let err = |source| BindError {
-        what: "DNS TCP",
-        addr,
-        source,
-    };
+    let err = |source| BindError { what: "DNS TCP", addr, source };
     let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
@@ -111,11 +97,7 @@ pub struct Shared {
 impl Shared {
     fn answer(&self, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Served {
         let index = self.store.index();
-        let ctx = Context {
-            transport,
-            client: peer.ip(),
-            transfer_from: &self.transfer_from,
-        };
+        let ctx = Context { transport, client: peer.ip(), transfer_from: &self.transfer_from };
         serve(&index, bytes, &ctx)
     }
 
@@ -127,11 +109,9 @@ impl Shared {
             debug!(client = %peer, reason = reason.as_str(), "dropped packet");
             return;
         }
-        self.metrics
-            .request(transport, peer.is_ipv6(), served.qtype);
+        self.metrics.request(transport, peer.is_ipv6(), served.qtype);
         if let Some(rcode) = served.rcode {
-            self.metrics
-                .response(rcode, transport, started.elapsed(), served.truncated);
+            self.metrics.response(rcode, transport, started.elapsed(), served.truncated);
         }
         if matches!(served.qtype, Some(RecordType::AXFR | RecordType::IXFR)) {
             let sent = served.rcode == Some(ResponseCode::NoError);
@@ -247,8 +227,7 @@ async fn tcp_connection(
         };
         let n = usize::from(u16::from_be_bytes(len));
         // A started message must finish within the idle timeout too.
-        match tokio::time::timeout(shared.tcp_idle_timeout, stream.read_exact(&mut buf[..n])).await
-        {
+        match tokio::time::timeout(shared.tcp_idle_timeout, stream.read_exact(&mut buf[..n])).await {
             Err(_) => return Ok(()),
             Ok(r) => r?,
         };

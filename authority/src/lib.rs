@@ -80,11 +80,7 @@ impl Authority {
         // Before anything records a metric: earlier values would go to the no-op recorder.
         metrics::prometheus();
         let store = ClusterStore::new(config.zone.clone());
-        Self {
-            config,
-            store,
-            draining: Arc::new(AtomicBool::new(false)),
-        }
+        Self { config, store, draining: Arc::new(AtomicBool::new(false)) }
     }
 
     /// The store queries are answered from; tests subscribe to it to see reloads land.
@@ -95,11 +91,7 @@ impl Authority {
     /// Loads the configured source once. A failure here is a start-up failure; later reload
     /// failures keep the last good cluster.
     pub fn load(&self) -> Result<FileSource, AuthorityError> {
-        let path = self
-            .config
-            .cluster_file
-            .as_ref()
-            .ok_or(AuthorityError::NoSource)?;
+        let path = self.config.cluster_file.as_ref().ok_or(AuthorityError::NoSource)?;
         let mut source = FileSource::new(path, Arc::clone(&self.store));
         let loaded = source.load()?;
         metrics::reload(true);
@@ -122,11 +114,7 @@ impl Authority {
     /// Serves until `shutdown` is cancelled, then drains: `/ready` turns false, answers go on for
     /// the lameduck period (so endpoints are withdrawn first), listeners stop, open TCP queries
     /// finish.
-    pub async fn run(
-        self,
-        listeners: Listeners,
-        shutdown: CancellationToken,
-    ) -> Result<(), AuthorityError> {
+    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AuthorityError> {
         let source = self.load()?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -140,8 +128,13 @@ impl Authority {
                 if let Some(p) = &loaded.published {
                     metrics::zone_published(p);
                     metrics::store_counts(&store.counts());
-                    info!(objects = loaded.objects, serial = p.serial, records = p.stats.records,
-                          build_ms = p.build_time.as_secs_f64() * 1e3, "cluster file reloaded");
+                    info!(
+                        objects = loaded.objects,
+                        serial = p.serial,
+                        records = p.stats.records,
+                        build_ms = p.build_time.as_secs_f64() * 1e3,
+                        "cluster file reloaded"
+                    );
                 }
             }
             Err(e) => {
@@ -158,31 +151,18 @@ impl Authority {
             tcp_idle_timeout: self.config.tcp_idle_timeout,
             tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
         });
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         for socket in listeners.dns.udp {
-            let socket = Arc::new(
-                tokio::net::UdpSocket::from_std(socket)
-                    .map_err(|e| self.bind_error("DNS UDP", e))?,
-            );
+            let socket =
+                Arc::new(tokio::net::UdpSocket::from_std(socket).map_err(|e| self.bind_error("DNS UDP", e))?);
             for _ in 0..workers {
-                tracker.spawn(dns::udp_loop(
-                    Arc::clone(&socket),
-                    Arc::clone(&shared),
-                    stop.clone(),
-                ));
+                tracker.spawn(dns::udp_loop(Arc::clone(&socket), Arc::clone(&shared), stop.clone()));
             }
         }
         for listener in listeners.dns.tcp {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| self.bind_error("DNS TCP", e))?;
-            tracker.spawn(dns::tcp_accept_loop(
-                listener,
-                Arc::clone(&shared),
-                stop.clone(),
-                tracker.clone(),
-            ));
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| self.bind_error("DNS TCP", e))?;
+            tracker.spawn(dns::tcp_accept_loop(listener, Arc::clone(&shared), stop.clone(), tracker.clone()));
         }
         if let Some(admin) = listeners.admin {
             let state = Arc::new(admin::AdminState {
@@ -206,10 +186,7 @@ impl Authority {
         tokio::time::sleep(self.config.lameduck).await;
         stop.cancel();
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
             warn!("some connections did not finish within 5s of shutdown");
         }
         info!("stopped");
@@ -217,23 +194,15 @@ impl Authority {
     }
 
     fn bind_error(&self, what: &'static str, source: std::io::Error) -> AuthorityError {
-        let addr = self
-            .config
-            .dns_listen
-            .first()
-            .copied()
-            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+        let addr = self.config.dns_listen.first().copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
         AuthorityError::Bind(BindError { what, addr, source })
     }
 
     fn log_startup(&self, listeners: &Listeners, source: &std::path::Path) {
         let z = &self.config.zone;
         let index = self.store.index();
-        let reverse: Vec<String> = index
-            .zones()
-            .filter(|(_, k)| *k == ZoneKind::Reverse)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let reverse: Vec<String> =
+            index.zones().filter(|(_, k)| *k == ZoneKind::Reverse).map(|(n, _)| n.to_string()).collect();
         info!(
             version = env!("CARGO_PKG_VERSION"),
             dns = ?listeners.dns.addrs(),

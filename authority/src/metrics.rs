@@ -9,8 +9,7 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use metrics::{
-    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nodedns_zone::Transport;
@@ -21,10 +20,8 @@ use nodedns_zone::store::Published;
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let buckets = [
-            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-            0.5, 1.0,
-        ];
+        let buckets =
+            [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&buckets)
             .expect("static buckets are valid")
@@ -43,41 +40,20 @@ fn describe() {
         "coredns_dns_requests_total",
         "DNS requests by transport, address family and query type."
     );
-    describe_counter!(
-        "coredns_dns_responses_total",
-        "DNS responses by response code."
-    );
-    describe_histogram!(
-        "coredns_dns_request_duration_seconds",
-        "Time to answer a DNS request."
-    );
-    describe_counter!(
-        "nodedns_dns_dropped_total",
-        "Packets dropped without an answer, by reason."
-    );
-    describe_counter!(
-        "nodedns_dns_truncated_total",
-        "UDP responses cut to the client's size with TC set."
-    );
-    describe_counter!(
-        "nodedns_zone_transfers_total",
-        "Zone transfer requests by result."
-    );
+    describe_counter!("coredns_dns_responses_total", "DNS responses by response code.");
+    describe_histogram!("coredns_dns_request_duration_seconds", "Time to answer a DNS request.");
+    describe_counter!("nodedns_dns_dropped_total", "Packets dropped without an answer, by reason.");
+    describe_counter!("nodedns_dns_truncated_total", "UDP responses cut to the client's size with TC set.");
+    describe_counter!("nodedns_zone_transfers_total", "Zone transfer requests by result.");
     describe_counter!(
         "nodedns_tcp_rejected_total",
         "TCP connections closed at accept because the cap was reached."
     );
     describe_gauge!("nodedns_tcp_connections", "Open DNS TCP connections.");
-    describe_counter!(
-        "nodedns_cluster_file_reloads_total",
-        "Cluster file (re)loads by result."
-    );
+    describe_counter!("nodedns_cluster_file_reloads_total", "Cluster file (re)loads by result.");
     describe_gauge!("nodedns_zone_records", "Records in the served zones.");
     describe_gauge!("nodedns_zone_serial", "SOA serial of the served zones.");
-    describe_histogram!(
-        "nodedns_zone_build_seconds",
-        "Time to rebuild the zone index after a change."
-    );
+    describe_histogram!("nodedns_zone_build_seconds", "Time to rebuild the zone index after a change.");
     describe_gauge!("nodedns_store_objects", "Cluster objects stored, by kind.");
 }
 
@@ -144,25 +120,14 @@ impl DnsMetrics {
     }
 
     pub fn request(&self, transport: Transport, ipv6: bool, qtype: Option<RecordType>) {
-        let t = qtype
-            .and_then(|q| TYPES.iter().position(|t| t.0 == q))
-            .unwrap_or(TYPES.len());
+        let t = qtype.and_then(|q| TYPES.iter().position(|t| t.0 == q)).unwrap_or(TYPES.len());
         let p = usize::from(transport == Transport::Tcp);
         let f = usize::from(ipv6);
         self.requests[(p * 2 + f) * (TYPES.len() + 1) + t].increment(1);
     }
 
-    pub fn response(
-        &self,
-        rcode: ResponseCode,
-        transport: Transport,
-        took: Duration,
-        truncated: bool,
-    ) {
-        let i = RCODES
-            .iter()
-            .position(|r| r.0 == rcode)
-            .unwrap_or(RCODES.len());
+    pub fn response(&self, rcode: ResponseCode, transport: Transport, took: Duration, truncated: bool) {
+        let i = RCODES.iter().position(|r| r.0 == rcode).unwrap_or(RCODES.len());
         self.responses[i].increment(1);
         self.duration[usize::from(transport == Transport::Tcp)].record(took.as_secs_f64());
         if truncated {
@@ -194,8 +159,7 @@ pub fn store_counts(counts: &[(nodedns_zone::model::Kind, usize)]) {
 }
 
 pub fn reload(ok: bool) {
-    counter!("nodedns_cluster_file_reloads_total", "result" => if ok { "ok" } else { "error" })
-        .increment(1);
+    counter!("nodedns_cluster_file_reloads_total", "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn transfer(allowed: bool) {

@@ -9,18 +9,11 @@ fn authority(args: &[&str]) -> (i32, String) {
         .stdin(Stdio::null())
         .output()
         .expect("binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn fixture() -> String {
-    nodedns_testsupport::shared_dir()
-        .join("conformance/cluster.yaml")
-        .to_str()
-        .unwrap()
-        .to_owned()
+    nodedns_testsupport::shared_dir().join("conformance/cluster.yaml").to_str().unwrap().to_owned()
 }
 
 #[test]
@@ -40,40 +33,21 @@ fn bad_flags_files_and_ports_exit_non_zero_naming_the_cause() {
     assert_eq!(code, 1);
     assert!(
         err.contains("/nonexistent/cluster.yaml")
-            && err
-                .lines()
-                .last()
-                .unwrap()
-                .starts_with("nodedns-authority: error:"),
+            && err.lines().last().unwrap().starts_with("nodedns-authority: error:"),
         "{err}"
     );
 
-    let (code, err) = authority(&[
-        "--cluster-file",
-        &fixture(),
-        "--pods",
-        "sometimes",
-        "--dns-listen",
-        "127.0.0.1:0",
-    ]);
+    let (code, err) =
+        authority(&["--cluster-file", &fixture(), "--pods", "sometimes", "--dns-listen", "127.0.0.1:0"]);
     assert_eq!(code, 1);
     assert!(err.contains("pods: \"sometimes\""), "{err}");
 
     let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().to_string();
-    let (code, err) = authority(&[
-        "--cluster-file",
-        &fixture(),
-        "--dns-listen",
-        &port,
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+    let (code, err) =
+        authority(&["--cluster-file", &fixture(), "--dns-listen", &port, "--admin-listen", "127.0.0.1:0"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!("cannot bind DNS UDP {port}")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("cannot bind DNS UDP {port}")), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     let dir = std::env::temp_dir().join(format!("nodedns-cli-{}", std::process::id()));
@@ -85,7 +59,11 @@ fn bad_flags_files_and_ports_exit_non_zero_naming_the_cause() {
     assert!(err.contains("upstreams"), "{err}");
 
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {clusterIP: nope}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {clusterIP: nope}\n",
+    )
+    .unwrap();
     let (code, err) = authority(&["--cluster-file", bad.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("Service a/s: spec.clusterIP"), "{err}");

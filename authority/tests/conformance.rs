@@ -10,14 +10,8 @@ use nodedns_testsupport::corpus::{Corpus, check};
 use nodedns_testsupport::shared_dir;
 
 /// The assumed configuration of the corpus README.
-const REVERSE: [&str; 6] = [
-    "10.0.0.0/16",
-    "10.240.0.0/16",
-    "172.0.0.0/16",
-    "1234:abcd::/64",
-    "10::/64",
-    "5678:abcd::/64",
-];
+const REVERSE: [&str; 6] =
+    ["10.0.0.0/16", "10.240.0.0/16", "172.0.0.0/16", "1234:abcd::/64", "10::/64", "5678:abcd::/64"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_corpus() {
@@ -45,11 +39,9 @@ async fn conformance_corpus() {
             skipped.push(format!("{} (needs an upstream resolver)", case.id));
             continue;
         }
-        let server = servers
-            .get(&eff.pods)
-            .unwrap_or_else(|| panic!("{}: unknown pods mode {}", case.id, eff.pods));
-        let q =
-            build(&case.qname, &case.qtype, 0x1000 + i as u16, Some(1232)).expect("query builds");
+        let server =
+            servers.get(&eff.pods).unwrap_or_else(|| panic!("{}: unknown pods mode {}", case.id, eff.pods));
+        let q = build(&case.qname, &case.qtype, 0x1000 + i as u16, Some(1232)).expect("query builds");
         let response = if eff.tcp {
             tcp_raw(server.dns, &q.bytes).await
         } else {
@@ -85,11 +77,7 @@ async fn conformance_corpus() {
             ));
         }
     }
-    eprintln!(
-        "conformance: {passed} passed, {} failed, {} skipped",
-        failed.len(),
-        skipped.len()
-    );
+    eprintln!("conformance: {passed} passed, {} failed, {} skipped", failed.len(), skipped.len());
     for s in &skipped {
         eprintln!("  skipped {s}");
     }

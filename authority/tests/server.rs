@@ -66,56 +66,30 @@ async fn reload_applies_good_files_and_keeps_the_last_good_state_on_bad_ones() {
     let dir = TempDir::new("reload");
     let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
     let server = support::start(&["--cluster-file", &path, "--reload-interval", "0.05"]).await;
-    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A")
-        .await
-        .unwrap();
+    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(a_records(&msg), ["10.0.0.1"]);
 
     let mut generations = server.store.subscribe();
     let before = *generations.borrow_and_update();
     dir.write("cluster.yaml", &cluster("10.0.0.2"));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        generations.wait_for(|g| *g > before),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A")
+    tokio::time::timeout(Duration::from_secs(10), generations.wait_for(|g| *g > before))
         .await
+        .unwrap()
         .unwrap();
+    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(a_records(&msg), ["10.0.0.2"]);
 
     // A bad file is reported and counted; answers keep coming from the last good cluster.
-    let errors = metric(
-        server.admin,
-        "nodedns_cluster_file_reloads_total{result=\"error\"}",
-    )
-    .await;
+    let errors = metric(server.admin, "nodedns_cluster_file_reloads_total{result=\"error\"}").await;
     dir.write("cluster.yaml", &cluster("10.0.0.999"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
-        server.admin,
-        "nodedns_cluster_file_reloads_total{result=\"error\"}",
-    )
-    .await
-        <= errors
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bad reload not counted within 10s"
-        );
+    while metric(server.admin, "nodedns_cluster_file_reloads_total{result=\"error\"}").await <= errors {
+        assert!(tokio::time::Instant::now() < deadline, "bad reload not counted within 10s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A")
-        .await
-        .unwrap();
+    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(a_records(&msg), ["10.0.0.2"]);
-    assert_eq!(
-        support::http_get(server.admin, "/ready").await.0,
-        200,
-        "still ready on the last good state"
-    );
+    assert_eq!(support::http_get(server.admin, "/ready").await.0, 200, "still ready on the last good state");
     server.stop().await;
 }
 
@@ -148,46 +122,18 @@ async fn malformed_input_gets_a_clear_answer_or_is_dropped() {
     let cases: Vec<(&str, Vec<u8>, Option<ResponseCode>)> = vec![
         ("shorter than a header", vec![1, 2, 3, 4, 5], None),
         ("a response (QR set)", raw(1, 0x8000, 1, &good), None),
-        (
-            "UPDATE opcode",
-            raw(2, 5 << 11, 1, &good),
-            Some(ResponseCode::NotImp),
-        ),
-        (
-            "STATUS opcode",
-            raw(3, 2 << 11, 1, &good),
-            Some(ResponseCode::NotImp),
-        ),
-        (
-            "no question",
-            raw(4, 0x0100, 0, &[]),
-            Some(ResponseCode::FormErr),
-        ),
+        ("UPDATE opcode", raw(2, 5 << 11, 1, &good), Some(ResponseCode::NotImp)),
+        ("STATUS opcode", raw(3, 2 << 11, 1, &good), Some(ResponseCode::NotImp)),
+        ("no question", raw(4, 0x0100, 0, &[]), Some(ResponseCode::FormErr)),
         (
             "two questions",
             raw(5, 0x0100, 2, &[good.clone(), good.clone()].concat()),
             Some(ResponseCode::FormErr),
         ),
-        (
-            "truncated question",
-            raw(6, 0x0100, 1, &good[..10]),
-            Some(ResponseCode::FormErr),
-        ),
-        (
-            "compression loop",
-            raw(7, 0x0100, 1, &[0xc0, 12, 0, 1, 0, 1]),
-            Some(ResponseCode::FormErr),
-        ),
-        (
-            "label over 63",
-            raw(8, 0x0100, 1, &q(&long_label, 1, 1)),
-            Some(ResponseCode::FormErr),
-        ),
-        (
-            "class CH",
-            raw(9, 0x0100, 1, &q(b"\x07version\x04bind\x00", 16, 3)),
-            Some(ResponseCode::Refused),
-        ),
+        ("truncated question", raw(6, 0x0100, 1, &good[..10]), Some(ResponseCode::FormErr)),
+        ("compression loop", raw(7, 0x0100, 1, &[0xc0, 12, 0, 1, 0, 1]), Some(ResponseCode::FormErr)),
+        ("label over 63", raw(8, 0x0100, 1, &q(&long_label, 1, 1)), Some(ResponseCode::FormErr)),
+        ("class CH", raw(9, 0x0100, 1, &q(b"\x07version\x04bind\x00", 16, 3)), Some(ResponseCode::Refused)),
         (
             "outside our zones",
             raw(10, 0x0100, 1, &q(b"\x07example\x03com\x00", 1, 1)),
@@ -203,14 +149,10 @@ async fn malformed_input_gets_a_clear_answer_or_is_dropped() {
                 let reply = udp_raw(server.dns, client::loopback_any(server.dns), &bytes)
                     .await
                     .unwrap_or_else(|e| panic!("{what}: {e:#}"));
-                let msg = Message::from_vec(&reply)
-                    .unwrap_or_else(|e| panic!("{what}: reply does not parse: {e}"));
+                let msg =
+                    Message::from_vec(&reply).unwrap_or_else(|e| panic!("{what}: reply does not parse: {e}"));
                 assert_eq!(msg.metadata.response_code, rcode, "{what}");
-                assert_eq!(
-                    msg.metadata.id,
-                    u16::from_be_bytes([bytes[0], bytes[1]]),
-                    "{what}: id echoed"
-                );
+                assert_eq!(msg.metadata.id, u16::from_be_bytes([bytes[0], bytes[1]]), "{what}: id echoed");
                 assert!(
                     !msg.metadata.authoritative || rcode != ResponseCode::Refused,
                     "{what}: REFUSED is not authoritative"
@@ -222,27 +164,15 @@ async fn malformed_input_gets_a_clear_answer_or_is_dropped() {
     let mut edns1 = raw(11, 0x0100, 1, &good);
     edns1[11] = 1; // ARCOUNT = 1
     edns1.extend([0, 0, 41, 0x04, 0xd0, 0, 1, 0, 0, 0, 0]);
-    let msg = Message::from_vec(
-        &udp_raw(server.dns, client::loopback_any(server.dns), &edns1)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let msg =
+        Message::from_vec(&udp_raw(server.dns, client::loopback_any(server.dns), &edns1).await.unwrap())
+            .unwrap();
     // hickory reads the extended code 16 back as BADSIG, which shares the number with BADVERS.
     assert_eq!(u16::from(msg.metadata.response_code), 16, "BADVERS");
     // Dropped and malformed packets are counted, and the next good query is answered.
     assert!(metric(server.admin, "nodedns_dns_dropped_total").await >= 2.0);
-    assert!(
-        metric(
-            server.admin,
-            "coredns_dns_responses_total{rcode=\"FORMERR\"}"
-        )
-        .await
-            >= 5.0
-    );
-    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A")
-        .await
-        .unwrap();
+    assert!(metric(server.admin, "coredns_dns_responses_total{rcode=\"FORMERR\"}").await >= 5.0);
+    let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(a_records(&msg), ["10.0.0.1"]);
     server.stop().await;
 }
@@ -250,11 +180,7 @@ async fn malformed_input_gets_a_clear_answer_or_is_dropped() {
 fn big_headless(n: usize) -> String {
     let mut eps = String::new();
     for i in 0..n {
-        eps.push_str(&format!(
-            "- {{addresses: [10.9.{}.{}]}}\n",
-            i / 250,
-            i % 250 + 1
-        ));
+        eps.push_str(&format!("- {{addresses: [10.9.{}.{}]}}\n", i / 250, i % 250 + 1));
     }
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns1}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: ns1}}\nspec: {{clusterIP: None, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: big-1, namespace: ns1, labels: {{kubernetes.io/service-name: big}}}}\naddressType: IPv4\nports: [{{name: http, port: 80}}]\nendpoints:\n{eps}"
@@ -269,18 +195,12 @@ async fn large_answers_truncate_over_udp_and_arrive_whole_over_tcp() {
     // Without EDNS the limit is 512 bytes; with EDNS 4096 we still cap UDP at 1232.
     for payload in [None, Some(4096)] {
         let q = build("big.ns1.svc.cluster.local.", "A", 77, payload).unwrap();
-        let reply = udp_raw(server.dns, client::loopback_any(server.dns), &q.bytes)
-            .await
-            .unwrap();
+        let reply = udp_raw(server.dns, client::loopback_any(server.dns), &q.bytes).await.unwrap();
         let msg = Message::from_vec(&reply).unwrap();
         assert!(msg.metadata.truncation, "TC set for payload {payload:?}");
         assert!(reply.len() <= usize::from(payload.unwrap_or(512).min(1232)));
         assert!(msg.answers.is_empty());
-        assert_eq!(
-            msg.edns.is_some(),
-            payload.is_some(),
-            "OPT answered only when asked"
-        );
+        assert_eq!(msg.edns.is_some(), payload.is_some(), "OPT answered only when asked");
         let full = Message::from_vec(&tcp_raw(server.dns, &q.bytes).await.unwrap()).unwrap();
         assert!(!full.metadata.truncation);
         assert_eq!(full.answers.len(), 100);
@@ -288,22 +208,10 @@ async fn large_answers_truncate_over_udp_and_arrive_whole_over_tcp() {
     // Pipelined queries on one connection are all answered, in order.
     let mut tcp = Tcp::connect(server.dns).await.unwrap();
     for id in 1..=3u16 {
-        tcp.send(
-            &build("big.ns1.svc.cluster.local.", "A", id, None)
-                .unwrap()
-                .bytes,
-        )
-        .await
-        .unwrap();
+        tcp.send(&build("big.ns1.svc.cluster.local.", "A", id, None).unwrap().bytes).await.unwrap();
     }
     for id in 1..=3u16 {
-        assert_eq!(
-            Message::from_vec(&tcp.recv().await.unwrap())
-                .unwrap()
-                .metadata
-                .id,
-            id
-        );
+        assert_eq!(Message::from_vec(&tcp.recv().await.unwrap()).unwrap().metadata.id, id);
     }
     server.stop().await;
 }
@@ -318,19 +226,11 @@ async fn zone_transfer_only_over_tcp_and_only_to_allowed_clients() {
     assert_eq!(msg.metadata.response_code, ResponseCode::Refused);
     refused.stop().await;
 
-    let allowed =
-        support::start(&["--cluster-file", &path, "--transfer-from", "127.0.0.0/8"]).await;
-    let udp = Message::from_vec(
-        &udp_raw(allowed.dns, client::loopback_any(allowed.dns), &q.bytes)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        udp.metadata.response_code,
-        ResponseCode::Refused,
-        "no AXFR over UDP"
-    );
+    let allowed = support::start(&["--cluster-file", &path, "--transfer-from", "127.0.0.0/8"]).await;
+    let udp =
+        Message::from_vec(&udp_raw(allowed.dns, client::loopback_any(allowed.dns), &q.bytes).await.unwrap())
+            .unwrap();
+    assert_eq!(udp.metadata.response_code, ResponseCode::Refused, "no AXFR over UDP");
     let mut tcp = Tcp::connect(allowed.dns).await.unwrap();
     tcp.send(&q.bytes).await.unwrap();
     let mut records = Vec::new();
@@ -347,11 +247,7 @@ async fn zone_transfer_only_over_tcp_and_only_to_allowed_clients() {
     }
     assert!(messages > 1, "a 300-endpoint zone spans several messages");
     assert_eq!(records[0].record_type(), RecordType::SOA);
-    assert!(
-        records.len() > 600,
-        "A, endpoint A and SRV records: got {}",
-        records.len()
-    );
+    assert!(records.len() > 600, "A, endpoint A and SRV records: got {}", records.len());
     allowed.stop().await;
 }
 
@@ -361,37 +257,24 @@ async fn admin_endpoints_and_lameduck_drain() {
     let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
     let config_path = dir.write("config.yaml", &format!("cluster-file: {path}\nttl: 7\n"));
     let mut s = support::start(&["--config", &config_path, "--lameduck", "1.5"]).await;
-    assert_eq!(
-        support::http_get(s.admin, "/health").await,
-        (200, "ok\n".to_owned())
-    );
+    assert_eq!(support::http_get(s.admin, "/health").await, (200, "ok\n".to_owned()));
     assert_eq!(support::http_get(s.admin, "/ready").await.0, 200);
     let (msg, _) = ask(s.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(msg.answers[0].ttl, 7, "ttl from the config file");
     let (status, body) = support::http_get(s.admin, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(
-        body.contains("coredns_dns_requests_total{proto=\"udp\",family=\"1\",type=\"A\"}"),
-        "{body}"
-    );
+    assert!(body.contains("coredns_dns_requests_total{proto=\"udp\",family=\"1\",type=\"A\"}"), "{body}");
     assert!(body.contains("nodedns_zone_records"), "{body}");
 
     // SIGTERM path: /ready goes false at once, answers continue through the lameduck period.
     s.shutdown.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while support::http_get(s.admin, "/ready").await.0 != 503 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready did not turn false"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "/ready did not turn false");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (msg, _) = ask(s.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
-    assert_eq!(
-        a_records(&msg),
-        ["10.0.0.1"],
-        "still answering while draining"
-    );
+    assert_eq!(a_records(&msg), ["10.0.0.1"], "still answering while draining");
     let result = tokio::time::timeout(Duration::from_secs(10), &mut s.task)
         .await
         .expect("stops after lameduck")
@@ -403,33 +286,19 @@ async fn admin_endpoints_and_lameduck_drain() {
 async fn tcp_connection_cap_and_idle_timeout() {
     let dir = TempDir::new("tcpcap");
     let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
-    let server = support::start(&[
-        "--cluster-file",
-        &path,
-        "--tcp-max-connections",
-        "1",
-        "--tcp-idle-timeout",
-        "0.3",
-    ])
-    .await;
+    let server =
+        support::start(&["--cluster-file", &path, "--tcp-max-connections", "1", "--tcp-idle-timeout", "0.3"])
+            .await;
     let q = build("web.ns1.svc.cluster.local.", "A", 1, None).unwrap();
     let mut first = Tcp::connect(server.dns).await.unwrap();
     first.send(&q.bytes).await.unwrap();
     first.recv().await.unwrap();
     // The second connection is over the cap: closed without an answer.
     let mut second = Tcp::connect(server.dns).await.unwrap();
-    assert!(
-        second.closed_within(Duration::from_secs(5)).await,
-        "over-cap connection closed"
-    );
+    assert!(second.closed_within(Duration::from_secs(5)).await, "over-cap connection closed");
     // UDP is unaffected, and the idle first connection is closed by the server.
-    ask(server.dns, "web.ns1.svc.cluster.local.", "A")
-        .await
-        .unwrap();
-    assert!(
-        first.closed_within(Duration::from_secs(5)).await,
-        "idle connection closed"
-    );
+    ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
+    assert!(first.closed_within(Duration::from_secs(5)).await, "idle connection closed");
     // Its slot is free again.
     let mut third = Tcp::connect(server.dns).await.unwrap();
     third.send(&q.bytes).await.unwrap();

@@ -1,1 +1,212 @@
-fn main() {}
+//! `nodedns-load`: benchmark helpers. Subcommands:
+//! - `gen-cluster`: write a synthetic cluster file and a dnsperf query file;
+//! - `zone-memory`: build the zone index of a cluster file and report its heap size;
+//! - `query`: ask one question and print the answer (a dig stand-in for the README demo).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hickory_proto::op::Message;
+use nodedns_load::cluster_gen;
+
+/// Counts live heap bytes so `zone-memory` can report what the index holds.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the only addition is an
+// atomic counter update, which cannot affect the validity of the returned memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Parser)]
+#[command(name = "nodedns-load", version, about = "nodedns benchmark helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic cluster (YAML) and a dnsperf query file over its names.
+    GenCluster {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        /// Every Nth service is headless (0: none).
+        #[arg(long, default_value_t = 10)]
+        headless_every: usize,
+        /// Ready endpoints per service.
+        #[arg(long, default_value_t = 5)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 50_000)]
+        pods: usize,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        queries: Option<PathBuf>,
+    },
+    /// Parse a cluster file, build its zone index and print the heap the index holds.
+    ZoneMemory {
+        cluster_file: PathBuf,
+        #[arg(long, default_value = "verified")]
+        pods: String,
+    },
+    /// Ask SERVER one question and print the answer.
+    Query {
+        /// Server address, e.g. 127.0.0.1:5353.
+        server: SocketAddr,
+        name: String,
+        #[arg(default_value = "A")]
+        qtype: String,
+        /// Ask over TCP instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::GenCluster {
+            services,
+            namespaces,
+            headless_every,
+            endpoints,
+            pods,
+            cluster_domain,
+            out,
+            queries,
+        } => {
+            let shape = cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods };
+            std::fs::write(&out, cluster_gen::cluster_yaml(&shape))
+                .with_context(|| format!("writing {}", out.display()))?;
+            if let Some(q) = queries {
+                std::fs::write(&q, cluster_gen::queries(&shape, &cluster_domain))
+                    .with_context(|| format!("writing {}", q.display()))?;
+            }
+            println!("wrote {} ({services} services in {namespaces} namespaces, {pods} pods)", out.display());
+        }
+        Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
+        Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
+    }
+    Ok(())
+}
+
+fn zone_memory(path: &PathBuf, pods: &str) -> anyhow::Result<()> {
+    let baseline = LIVE.load(Ordering::Relaxed);
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let parsed = nodedns_zone::file::parse_cluster(&text)?;
+    drop(text);
+    // Everything alive now beyond the baseline is the model (the text and YAML values are gone).
+    let state = nodedns_zone::model::ClusterState::from_objects(parsed.objects);
+    let state_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+    let config =
+        nodedns_zone::ZoneConfig { pods: pods.parse().map_err(anyhow::Error::msg)?, ..Default::default() };
+    let before = LIVE.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let index = nodedns_zone::ZoneIndex::build(&state, &config, 1);
+    let took = started.elapsed();
+    let index_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let stats = index.stats();
+    println!(
+        "objects: {:?}\ncluster model: {:.1} MiB\nzone index: {:.1} MiB ({} records, {} nodes, {} zones)\nindex build: {:.1} ms",
+        state.counts().map(|(k, n)| format!("{}={n}", k.as_str())),
+        state_bytes as f64 / 1048576.0,
+        index_bytes as f64 / 1048576.0,
+        stats.records,
+        stats.nodes,
+        stats.zones,
+        took.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn query(server: SocketAddr, name: &str, qtype: &str, tcp: bool, timeout: f64) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::str::FromStr;
+    let qname = hickory_proto::rr::Name::from_ascii(if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    })?;
+    let rtype = hickory_proto::rr::RecordType::from_str(&qtype.to_ascii_uppercase())?;
+    let mut msg = Message::query();
+    msg.metadata.id = std::process::id() as u16;
+    msg.metadata.recursion_desired = true;
+    msg.queries.push(hickory_proto::op::Query::query(qname, rtype));
+    let bytes = msg.to_vec()?;
+    let wait = std::time::Duration::try_from_secs_f64(timeout).context("--timeout")?;
+    let timeout = Some(wait);
+    let reply = if tcp {
+        let mut s = std::net::TcpStream::connect_timeout(&server, wait)?;
+        s.set_read_timeout(timeout)?;
+        s.write_all(&(bytes.len() as u16).to_be_bytes())?;
+        s.write_all(&bytes)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf)?;
+        buf
+    } else {
+        let local = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = std::net::UdpSocket::bind(local)?;
+        s.set_read_timeout(timeout)?;
+        s.send_to(&bytes, server)?;
+        let mut buf = vec![0u8; 65535];
+        let n = s.recv(&mut buf).with_context(|| format!("no answer from {server} within {wait:?}"))?;
+        buf.truncate(n);
+        buf
+    };
+    let answer = Message::from_vec(&reply)?;
+    let m = &answer.metadata;
+    println!(
+        ";; status: {:?}, id: {}, flags:{}{}{}{}",
+        m.response_code,
+        m.id,
+        if m.authoritative { " aa" } else { "" },
+        if m.truncation { " tc" } else { "" },
+        if m.recursion_desired { " rd" } else { "" },
+        if m.recursion_available { " ra" } else { "" }
+    );
+    for (section, records) in
+        [("ANSWER", &answer.answers), ("AUTHORITY", &answer.authorities), ("ADDITIONAL", &answer.additionals)]
+    {
+        if !records.is_empty() {
+            println!(";; {section}");
+            for r in records.iter() {
+                println!("{r}");
+            }
+        }
+    }
+    Ok(())
+}

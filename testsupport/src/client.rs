@@ -21,15 +21,9 @@ pub struct Built {
 }
 
 /// Builds a query for `qname` (sent exactly as written, letter case included) and `qtype`.
-pub fn build(
-    qname: &str,
-    qtype: &str,
-    id: u16,
-    edns_payload: Option<u16>,
-) -> anyhow::Result<Built> {
+pub fn build(qname: &str, qtype: &str, id: u16, edns_payload: Option<u16>) -> anyhow::Result<Built> {
     let name = Name::from_ascii(qname).with_context(|| format!("bad qname {qname:?}"))?;
-    let rtype =
-        RecordType::from_str(qtype).map_err(|e| anyhow::anyhow!("bad qtype {qtype:?}: {e}"))?;
+    let rtype = RecordType::from_str(qtype).map_err(|e| anyhow::anyhow!("bad qtype {qtype:?}: {e}"))?;
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     // Wire name (each label with its length byte, then the root) plus type and class.
@@ -40,21 +34,12 @@ pub fn build(
         edns.set_max_payload(payload);
         msg.edns = Some(edns);
     }
-    Ok(Built {
-        bytes: msg.to_vec()?,
-        question_len,
-    })
+    Ok(Built { bytes: msg.to_vec()?, question_len })
 }
 
 /// Sends raw bytes over UDP from an ephemeral port on `bind` and returns the first reply.
-pub async fn udp_raw(
-    server: SocketAddr,
-    bind: SocketAddr,
-    bytes: &[u8],
-) -> anyhow::Result<Vec<u8>> {
-    let sock = UdpSocket::bind(bind)
-        .await
-        .with_context(|| format!("binding client socket {bind}"))?;
+pub async fn udp_raw(server: SocketAddr, bind: SocketAddr, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let sock = UdpSocket::bind(bind).await.with_context(|| format!("binding client socket {bind}"))?;
     sock.send_to(bytes, server).await?;
     let mut buf = vec![0u8; 65535];
     let (n, _) = tokio::time::timeout(TIMEOUT, sock.recv_from(&mut buf))
@@ -65,11 +50,7 @@ pub async fn udp_raw(
 }
 
 /// Sends UDP and expects no reply within `wait` (for packets a server must drop).
-pub async fn udp_expect_silence(
-    server: SocketAddr,
-    bytes: &[u8],
-    wait: Duration,
-) -> anyhow::Result<()> {
+pub async fn udp_expect_silence(server: SocketAddr, bytes: &[u8], wait: Duration) -> anyhow::Result<()> {
     let sock = UdpSocket::bind(loopback_any(server)).await?;
     sock.send_to(bytes, server).await?;
     let mut buf = vec![0u8; 65535];
@@ -100,23 +81,16 @@ impl Tcp {
 
     pub async fn recv(&mut self) -> anyhow::Result<Vec<u8>> {
         let mut len = [0u8; 2];
-        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut len))
-            .await
-            .context("TCP read timed out")??;
+        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut len)).await.context("TCP read timed out")??;
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut buf))
-            .await
-            .context("TCP read timed out")??;
+        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut buf)).await.context("TCP read timed out")??;
         Ok(buf)
     }
 
     /// Whether the server closed the connection (EOF within the timeout).
     pub async fn closed_within(&mut self, wait: Duration) -> bool {
         let mut b = [0u8; 1];
-        matches!(
-            tokio::time::timeout(wait, self.0.read(&mut b)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(tokio::time::timeout(wait, self.0.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 }
 
@@ -128,20 +102,12 @@ pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> anyhow::Result<Vec<u8>
 
 /// An unspecified-port address on the loopback of `server`'s family.
 pub fn loopback_any(server: SocketAddr) -> SocketAddr {
-    if server.is_ipv6() {
-        "[::1]:0".parse().expect("static")
-    } else {
-        "127.0.0.1:0".parse().expect("static")
-    }
+    if server.is_ipv6() { "[::1]:0".parse().expect("static") } else { "127.0.0.1:0".parse().expect("static") }
 }
 
 /// Asks `qname`/`qtype` over UDP (EDNS 1232), retrying over TCP when the answer is truncated, as a
 /// stub resolver does. Returns the parsed message and the raw bytes.
-pub async fn ask(
-    server: SocketAddr,
-    qname: &str,
-    qtype: &str,
-) -> anyhow::Result<(Message, Vec<u8>)> {
+pub async fn ask(server: SocketAddr, qname: &str, qtype: &str) -> anyhow::Result<(Message, Vec<u8>)> {
     let q = build(qname, qtype, 0x4242, Some(1232))?;
     let raw = udp_raw(server, loopback_any(server), &q.bytes).await?;
     let msg = Message::from_vec(&raw)?;

@@ -99,8 +99,7 @@ pub struct Effective {
 
 impl Corpus {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -108,18 +107,10 @@ impl Corpus {
         let d = &self.defaults.mode;
         let m = case.mode.clone().unwrap_or_default();
         Effective {
-            pods: m
-                .pods
-                .or(d.pods.clone())
-                .unwrap_or_else(|| "verified".into()),
+            pods: m.pods.or(d.pods.clone()).unwrap_or_else(|| "verified".into()),
             autopath: m.autopath.or(d.autopath.clone()).is_some_and(|a| a.is_on()),
             tcp: case.transport.as_deref() == Some("tcp"),
-            must: case
-                .level
-                .as_deref()
-                .or(self.defaults.level.as_deref())
-                .unwrap_or("must")
-                == "must",
+            must: case.level.as_deref().or(self.defaults.level.as_deref()).unwrap_or("must") == "must",
         }
     }
 }
@@ -145,29 +136,19 @@ fn rcode_name(r: ResponseCode) -> String {
 
 /// Presentation tokens of a record: owner, TTL, class, type, rdata fields.
 pub fn present(r: &Record) -> Vec<String> {
-    let mut t = vec![
-        r.name.to_ascii(),
-        r.ttl.to_string(),
-        "IN".into(),
-        r.record_type().to_string(),
-    ];
+    let mut t = vec![r.name.to_ascii(), r.ttl.to_string(), "IN".into(), r.record_type().to_string()];
     match &r.data {
         RData::A(a) => t.push(a.0.to_string()),
         RData::AAAA(a) => t.push(a.0.to_string()),
         RData::CNAME(n) => t.push(n.0.to_ascii()),
         RData::PTR(n) => t.push(n.0.to_ascii()),
         RData::NS(n) => t.push(n.0.to_ascii()),
-        RData::SRV(s) => t.extend([
-            s.priority.to_string(),
-            s.weight.to_string(),
-            s.port.to_string(),
-            s.target.to_ascii(),
-        ]),
-        RData::TXT(txt) => t.extend(
-            txt.txt_data
-                .iter()
-                .map(|d| format!("\"{}\"", String::from_utf8_lossy(d))),
-        ),
+        RData::SRV(s) => {
+            t.extend([s.priority.to_string(), s.weight.to_string(), s.port.to_string(), s.target.to_ascii()])
+        }
+        RData::TXT(txt) => {
+            t.extend(txt.txt_data.iter().map(|d| format!("\"{}\"", String::from_utf8_lossy(d))))
+        }
         RData::SOA(s) => t.extend([
             s.mname.to_ascii(),
             s.rname.to_ascii(),
@@ -184,10 +165,7 @@ pub fn present(r: &Record) -> Vec<String> {
 
 fn is_name_field(rtype: &str, i: usize) -> bool {
     // Token index within rdata that holds a domain name.
-    matches!(
-        (rtype, i),
-        ("CNAME" | "PTR" | "NS", 0) | ("SRV", 3) | ("SOA", 0 | 1)
-    )
+    matches!((rtype, i), ("CNAME" | "PTR" | "NS", 0) | ("SRV", 3) | ("SOA", 0 | 1))
 }
 
 /// Whether `got` matches the expected presentation line `want`.
@@ -214,18 +192,11 @@ fn matches(want: &str, got: &[String], exact_owner: Option<&str>) -> bool {
 }
 
 /// Matches expected lines against records as a multiset; returns what is missing and unexpected.
-fn multiset(
-    want: &[String],
-    got: &[Record],
-    exact_owner: Option<&str>,
-) -> (Vec<String>, Vec<String>) {
+fn multiset(want: &[String], got: &[Record], exact_owner: Option<&str>) -> (Vec<String>, Vec<String>) {
     let mut pool: Vec<Option<Vec<String>>> = got.iter().map(|r| Some(present(r))).collect();
     let mut missing = Vec::new();
     for w in want {
-        match pool
-            .iter_mut()
-            .find(|g| g.as_ref().is_some_and(|g| matches(w, g, exact_owner)))
-        {
+        match pool.iter_mut().find(|g| g.as_ref().is_some_and(|g| matches(w, g, exact_owner))) {
             Some(slot) => *slot = None,
             None => missing.push(w.clone()),
         }
@@ -250,16 +221,14 @@ pub fn check(case: &Case, query: &[u8], question_len: usize, response: &[u8]) ->
         OneOrMany::Many(rs) => rs.clone(),
     };
     if !wanted.iter().any(|w| w.eq_ignore_ascii_case(&got_rcode)) {
-        v.failures
-            .push(format!("rcode {got_rcode}, want {}", wanted.join("|")));
+        v.failures.push(format!("rcode {got_rcode}, want {}", wanted.join("|")));
     }
     let q_end = 12 + question_len;
     if response.len() < q_end || query.len() < q_end || response[12..q_end] != query[12..q_end] {
         v.failures.push("question not echoed byte for byte".into());
     }
     if case.upstream_tail.is_none() && got_rcode != "REFUSED" && !msg.metadata.authoritative {
-        v.failures
-            .push("AA not set on an answer from the served zones".into());
+        v.failures.push("AA not set on an answer from the served zones".into());
     }
     // Answer section.
     let exact = case.preserve_case.then_some(case.qname.as_str());
@@ -268,13 +237,10 @@ pub fn check(case: &Case, query: &[u8], question_len: usize, response: &[u8]) ->
         let head = &msg.answers[..n.min(msg.answers.len())];
         let (missing, extra) = multiset(&case.answer, head, exact);
         if !missing.is_empty() || !extra.is_empty() {
-            v.failures.push(format!(
-                "answer head: missing {missing:?}, unexpected {extra:?}"
-            ));
+            v.failures.push(format!("answer head: missing {missing:?}, unexpected {extra:?}"));
         }
         if msg.answers.len() <= n {
-            v.failures
-                .push("no records after the CNAME from the upstream".into());
+            v.failures.push("no records after the CNAME from the upstream".into());
         }
     } else {
         let (missing, extra) = multiset(&case.answer, &msg.answers, exact);
@@ -290,28 +256,17 @@ pub fn check(case: &Case, query: &[u8], question_len: usize, response: &[u8]) ->
         if let RData::CNAME(target) = &r.data
             && msg.answers[..i].iter().any(|e| e.name == target.0)
         {
-            v.failures.push(format!(
-                "records of {} come before the CNAME to it",
-                target.0
-            ));
+            v.failures.push(format!("records of {} come before the CNAME to it", target.0));
         }
     }
     if let Some(auth) = &case.authority {
         let zone = auth.strip_prefix("SOA ").unwrap_or(auth).trim();
         let ok = msg.authorities.len() == 1
             && msg.authorities[0].record_type() == RecordType::SOA
-            && msg.authorities[0]
-                .name
-                .to_ascii()
-                .eq_ignore_ascii_case(zone);
+            && msg.authorities[0].name.to_ascii().eq_ignore_ascii_case(zone);
         if !ok {
-            let got: Vec<String> = msg
-                .authorities
-                .iter()
-                .map(|r| present(r).join(" "))
-                .collect();
-            v.failures
-                .push(format!("authority {got:?}, want exactly the SOA of {zone}"));
+            let got: Vec<String> = msg.authorities.iter().map(|r| present(r).join(" ")).collect();
+            v.failures.push(format!("authority {got:?}, want exactly the SOA of {zone}"));
         }
     }
     if !case.additional.is_empty() {
@@ -329,33 +284,13 @@ mod tests {
 
     #[test]
     fn wildcard_and_case_rules() {
-        let got: Vec<String> = "_http._tcp.Svc1.testns. 5 IN SRV 0 100 80 SVC1.testns."
-            .split(' ')
-            .map(String::from)
-            .collect();
-        assert!(matches(
-            "_http._tcp.svc1.testns. 5 IN SRV * * 80 svc1.testns.",
-            &got,
-            None
-        ));
-        assert!(!matches(
-            "_http._tcp.svc1.testns. 5 IN SRV * * 8080 svc1.testns.",
-            &got,
-            None
-        ));
-        assert!(!matches(
-            "_http._tcp.svc1.testns. 6 IN SRV * * 80 svc1.testns.",
-            &got,
-            None
-        ));
-        let a: Vec<String> = "SvC1.x. 5 IN A 10.0.0.1"
-            .split(' ')
-            .map(String::from)
-            .collect();
+        let got: Vec<String> =
+            "_http._tcp.Svc1.testns. 5 IN SRV 0 100 80 SVC1.testns.".split(' ').map(String::from).collect();
+        assert!(matches("_http._tcp.svc1.testns. 5 IN SRV * * 80 svc1.testns.", &got, None));
+        assert!(!matches("_http._tcp.svc1.testns. 5 IN SRV * * 8080 svc1.testns.", &got, None));
+        assert!(!matches("_http._tcp.svc1.testns. 6 IN SRV * * 80 svc1.testns.", &got, None));
+        let a: Vec<String> = "SvC1.x. 5 IN A 10.0.0.1".split(' ').map(String::from).collect();
         assert!(matches("svc1.x. 5 IN A 10.0.0.1", &a, Some("SvC1.x.")));
-        assert!(
-            !matches("svc1.x. 5 IN A 10.0.0.1", &a, Some("SVC1.x.")),
-            "preserve_case compares exactly"
-        );
+        assert!(!matches("svc1.x. 5 IN A 10.0.0.1", &a, Some("SVC1.x.")), "preserve_case compares exactly");
     }
 }

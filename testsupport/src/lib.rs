@@ -12,15 +12,10 @@ pub fn shared_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NODEDNS_SHARED_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("shared")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared")
 }
 
 /// A path inside the workspace (for fixtures kept in the repository).
 pub fn workspace_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }

@@ -30,19 +30,12 @@ impl Running {
 
 /// Parses `extra` flags after the test defaults (loopback port 0, no lameduck).
 pub fn config(extra: &[&str]) -> Config {
-    let mut argv = vec![
-        "nodedns-authority",
-        "--dns-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
+    let mut argv = vec!["nodedns-authority", "--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     if !extra.contains(&"--lameduck") {
         argv.extend(["--lameduck", "0"]);
     }
     argv.extend_from_slice(extra);
-    Config::resolve(&Args::try_parse_from(argv).expect("test flags parse"))
-        .expect("test config resolves")
+    Config::resolve(&Args::try_parse_from(argv).expect("test flags parse")).expect("test config resolves")
 }
 
 /// Starts an authority and waits until its cluster is loaded.
@@ -61,39 +54,21 @@ pub async fn start(extra: &[&str]) -> Running {
         r = generations.wait_for(|g| *g > 0) => { r.expect("store dropped"); }
         _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => panic!("authority did not load its cluster within 10s"),
     }
-    Running {
-        dns,
-        admin,
-        store,
-        shutdown,
-        task,
-    }
+    Running { dns, admin, store, shutdown, task }
 }
 
 /// GET an admin path; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin connect");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("admin write");
     let mut out = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        s.read_to_string(&mut out),
-    )
-    .await
-    .expect("admin answer within 5s")
-    .expect("admin read");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("admin answer within 5s")
+        .expect("admin read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }

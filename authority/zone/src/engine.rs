@@ -7,7 +7,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::index::{Node, PodsMode, RrSet, Zone, ZoneIndex, ZoneKind, undashed};
+use crate::index::{Data, Node, PodsMode, RrSet, Zone, ZoneIndex, ZoneKind, undashed};
 
 /// The records of an authoritative answer (AA set).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,23 +54,12 @@ impl ZoneIndex {
         Some(answer)
     }
 
-    fn resolve(
-        &self,
-        zone: &Zone,
-        qname: &Name,
-        qtype: RecordType,
-        out: &mut Answer,
-        depth: usize,
-    ) {
+    fn resolve(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer, depth: usize) {
         let node = match self.find(zone, qname) {
             Found::Missing => return negative(zone, ResponseCode::NXDomain, out),
             Found::Synth(data) => {
                 if data.record_type() == qtype || qtype == RecordType::ANY {
-                    out.answers.push(Record::from_rdata(
-                        qname.to_lowercase(),
-                        self.config.ttl,
-                        data,
-                    ));
+                    out.answers.push(Record::from_rdata(qname.to_lowercase(), self.config.ttl, data));
                     out.rcode = ResponseCode::NoError;
                 } else {
                     negative(zone, ResponseCode::NoError, out);
@@ -80,26 +69,27 @@ impl ZoneIndex {
             Found::Node(node) => node,
         };
         out.rcode = ResponseCode::NoError;
-        let owner = node.owner.clone().unwrap_or_else(|| qname.to_lowercase());
+        // The owner is the name asked (in its spelling): the index stores no owners.
+        let owner = qname;
         if qtype == RecordType::ANY && !node.rrsets.is_empty() {
             for set in &node.rrsets {
-                push_set(&owner, set, &mut out.answers);
+                push_set(owner, set, &mut out.answers);
             }
             return;
         }
         if let Some(set) = node.rrset(qtype) {
-            push_set(&owner, set, &mut out.answers);
+            push_set(owner, set, &mut out.answers);
             return;
         }
         if let Some(cname) = node.rrset(RecordType::CNAME) {
-            push_set(&owner, cname, &mut out.answers);
+            push_set(owner, cname, &mut out.answers);
             // RFC 1034 §4.3.2: follow the alias while it stays in our zones; outside them the
             // client's resolver (or the node agent) chases it.
-            if let Some(RData::CNAME(target)) = cname.data.first()
+            if let Some(target) = cname.data.first().and_then(Data::target)
                 && depth < MAX_CHASE
-                && let Some(target_zone) = self.zone_of(&target.0)
+                && let Some(target_zone) = self.zone_of(target)
             {
-                self.resolve(target_zone, &target.0, qtype, out, depth + 1);
+                self.resolve(target_zone, target, qtype, out, depth + 1);
             }
             return;
         }
@@ -114,7 +104,7 @@ impl ZoneIndex {
         let mut buf = [0u8; 63];
         for (depth, label) in labels.iter().enumerate() {
             let lower = lower(label, &mut buf);
-            match node.children.get(lower) {
+            match node.child(lower) {
                 Some(child) => node = child,
                 None => {
                     // `<dashed-ip>.<ns>.pod.<zone>` under `pods insecure`: the name is the data.
@@ -123,9 +113,7 @@ impl ZoneIndex {
                         && depth == 2
                         && labels.len() == 3
                         && labels[0].eq_ignore_ascii_case(b"pod");
-                    if is_pod_leaf
-                        && let Some(ip) = std::str::from_utf8(label).ok().and_then(undashed)
-                    {
+                    if is_pod_leaf && let Some(ip) = std::str::from_utf8(label).ok().and_then(undashed) {
                         return Found::Synth(match ip {
                             IpAddr::V4(v4) => RData::A(A(v4)),
                             IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
@@ -142,11 +130,7 @@ impl ZoneIndex {
     /// `_port`/`_proto` labels), and the answer carries the asked name as owner.
     fn wildcard(&self, zone: &Zone, qname: &Name, qtype: RecordType, out: &mut Answer) {
         let below = labels_below(qname, &zone.apex);
-        let mut labels: Vec<Vec<u8>> = qname
-            .iter()
-            .take(below)
-            .map(|l| l.to_ascii_lowercase())
-            .collect();
+        let mut labels: Vec<Vec<u8>> = qname.iter().take(below).map(|l| l.to_ascii_lowercase()).collect();
         labels.reverse();
         let mut matched: Vec<&Node> = Vec::new();
         collect(&zone.root, &labels, &mut matched);
@@ -154,19 +138,14 @@ impl ZoneIndex {
             return negative(zone, ResponseCode::NXDomain, out);
         }
         out.rcode = ResponseCode::NoError;
-        let owner = qname.to_lowercase();
-        let mut seen: Vec<&RData> = Vec::new();
+        let mut seen: Vec<&Data> = Vec::new();
         for node in matched {
-            for set in node
-                .rrsets
-                .iter()
-                .filter(|s| s.rtype == qtype || qtype == RecordType::ANY)
-            {
+            for set in node.rrsets.iter().filter(|s| s.rtype == qtype || qtype == RecordType::ANY) {
                 for data in &set.data {
                     if !seen.contains(&data) {
                         seen.push(data);
-                        out.answers
-                            .push(Record::from_rdata(owner.clone(), set.ttl, data.clone()));
+                        let rdata = data.to_rdata(set.rtype);
+                        out.answers.push(Record::from_rdata(qname.clone(), set.ttl, rdata));
                     }
                 }
             }
@@ -196,10 +175,9 @@ impl ZoneIndex {
                 continue;
             };
             if let Found::Node(node) = self.find(zone, target) {
-                let owner = node.owner.clone().unwrap_or_else(|| target.clone());
                 for rtype in [RecordType::A, RecordType::AAAA] {
                     if let Some(set) = node.rrset(rtype) {
-                        push_set(&owner, set, &mut extra);
+                        push_set(target, set, &mut extra);
                     }
                 }
             }
@@ -212,11 +190,9 @@ impl ZoneIndex {
     pub fn transfer(&self, apex: &Name) -> Option<Vec<Record>> {
         let zone = self.zones.iter().find(|z| &z.apex == apex)?;
         let mut out = vec![zone.soa.clone()];
-        walk(&zone.root, &mut |node| {
-            if let Some(owner) = &node.owner {
-                for set in node.rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
-                    push_set(owner, set, &mut out);
-                }
+        walk(&zone.root, &zone.apex, &mut |owner, node| {
+            for set in node.rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
+                push_set(owner, set, &mut out);
             }
         });
         out.push(zone.soa.clone());
@@ -224,12 +200,17 @@ impl ZoneIndex {
     }
 }
 
-fn walk<'a>(node: &'a Node, f: &mut impl FnMut(&'a Node)) {
-    f(node);
-    let mut children: Vec<(&Box<[u8]>, &Node)> = node.children.iter().collect();
+/// Visits every node with records, depth first in label order, with its owner name.
+fn walk(node: &Node, owner: &Name, f: &mut impl FnMut(&Name, &Node)) {
+    if !node.rrsets.is_empty() {
+        f(owner, node);
+    }
+    let mut children: Vec<(&Box<[u8]>, &Node)> = node.children().collect();
     children.sort_by(|a, b| a.0.cmp(b.0));
-    for (_, child) in children {
-        walk(child, f);
+    for (label, child) in children {
+        if let Ok(name) = owner.prepend_label(&**label) {
+            walk(child, &name, f);
+        }
     }
 }
 
@@ -239,12 +220,12 @@ fn collect<'a>(node: &'a Node, labels: &[Vec<u8>], out: &mut Vec<&'a Node>) {
         return;
     };
     if first.as_slice() == b"*" {
-        for (label, child) in &node.children {
+        for (label, child) in node.children() {
             if !label.starts_with(b"_") {
                 collect(child, rest, out);
             }
         }
-    } else if let Some(child) = node.children.get(first.as_slice()) {
+    } else if let Some(child) = node.child(first) {
         collect(child, rest, out);
     }
 }
@@ -269,11 +250,7 @@ fn lower<'b>(label: &[u8], buf: &'b mut [u8; 63]) -> &'b [u8] {
 }
 
 fn push_set(owner: &Name, set: &RrSet, out: &mut Vec<Record>) {
-    out.extend(
-        set.data
-            .iter()
-            .map(|d| Record::from_rdata(owner.clone(), set.ttl, d.clone())),
-    );
+    out.extend(set.data.iter().map(|d| Record::from_rdata(owner.clone(), set.ttl, d.to_rdata(set.rtype))));
 }
 
 /// NXDOMAIN or NODATA with the zone's SOA in the authority section (RFC 2308 §2, §3).

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::{
-    DnsPolicy, Endpoint, EndpointSlice, Namespace, Object, Pod, PodDnsConfig, PodPhase, Port,
-    Protocol, Service, ServiceKind,
+    DnsPolicy, Endpoint, EndpointSlice, Namespace, Object, Pod, PodDnsConfig, PodPhase, Port, Protocol,
+    Service, ServiceKind,
 };
 
 /// What went wrong with a cluster file.
@@ -24,11 +24,7 @@ pub enum FileError {
     /// One object is malformed: `object` says which one (position, kind, namespace/name) and
     /// `field` the path of the field inside it.
     #[error("{object}: {field}: {message}")]
-    Object {
-        object: String,
-        field: String,
-        message: String,
-    },
+    Object { object: String, field: String, message: String },
 }
 
 /// The parsed file: the objects nodedns uses and how many objects of other kinds were skipped.
@@ -40,73 +36,60 @@ pub struct ParsedFile {
 
 /// Parses cluster-file text.
 pub fn parse_cluster(text: &str) -> Result<ParsedFile, FileError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| FileError::Yaml(e.to_string()))?;
-    let many = docs.len() > 1;
     let mut out = ParsedFile::default();
-    for (d, doc) in docs.into_iter().enumerate() {
-        let doc_place = if many {
-            format!("document {}", d + 1)
-        } else {
-            String::new()
-        };
-        if doc.is_null() {
+    // One document at a time: a cluster file of 100,000 pods held whole as JSON values would
+    // cost twenty times its size.
+    let mut reader = std::io::Cursor::new(text.as_bytes());
+    let docs = serde_saphyr::read_with_options::<_, Value>(&mut reader, yaml_options(text.len()));
+    for (d, doc) in docs.enumerate() {
+        let doc = doc.map_err(|e| FileError::Yaml(e.to_string()))?;
+        let doc_place = format!("document {}", d + 1);
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if !kind.ends_with("List") {
+            convert_item(&doc, &doc_place, &mut out)?;
             continue;
         }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        if kind == "List" || kind.ends_with("List") {
-            let Some(items) = doc.get("items") else {
-                continue;
-            };
-            let Value::Array(items) = items else {
+        let items = match doc.get("items") {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(items)) => items,
+            Some(_) => {
                 return Err(FileError::Object {
-                    object: display_place(&doc_place, kind),
+                    object: format!("{doc_place} {kind}"),
                     field: "items".into(),
                     message: "expected a list of objects".into(),
                 });
-            };
-            for (i, item) in items.iter().enumerate() {
-                let place = if doc_place.is_empty() {
-                    format!("items[{i}]")
-                } else {
-                    format!("{doc_place} items[{i}]")
-                };
-                convert_item(item, &place, &mut out)?;
             }
-        } else {
-            let place = if doc_place.is_empty() {
-                "document 1".to_owned()
-            } else {
-                doc_place
-            };
-            convert_item(&doc, &place, &mut out)?;
+        };
+        for (i, item) in items.iter().enumerate() {
+            // `kubectl get -o yaml` prints one List: name its items plainly.
+            let place = if d == 0 { format!("items[{i}]") } else { format!("{doc_place} items[{i}]") };
+            convert_item(item, &place, &mut out)?;
         }
     }
     Ok(out)
 }
 
-fn display_place(place: &str, kind: &str) -> String {
-    if place.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{place} {kind}")
-    }
+/// serde-saphyr's default budget (1,024 documents, 250,000 nodes) protects small config files;
+/// a cluster file of 100,000 pods is millions of nodes. The limits here grow with the input (a YAML
+/// node or document takes at least two bytes), while the alias limits that stop "billion laughs"
+/// expansion stay at their defaults.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_reader_input_bytes = None;
+    budget.max_documents = budget.max_documents.max(len / 2 + 1);
+    budget.max_nodes = budget.max_nodes.max(len / 2 + 1);
+    budget.max_events = budget.max_events.max(len + 1);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len + 1);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 fn convert_item(item: &Value, place: &str, out: &mut ParsedFile) -> Result<(), FileError> {
     let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = item
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let ns = item
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = item
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<no name>");
+    let api_version = item.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let ns = item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<no name>");
     let object = if kind == "Namespace" {
         format!("{place} {kind} {name}")
     } else {
@@ -150,23 +133,13 @@ struct Invalid {
 }
 
 fn invalid(field: impl Into<String>, message: impl fmt::Display) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.to_string(),
-    }
+    Invalid { field: field.into(), message: message.to_string() }
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, Invalid> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        invalid(
-            if path == "." {
-                "(object)".to_owned()
-            } else {
-                path
-            },
-            e.into_inner(),
-        )
+        invalid(if path == "." { "(object)".to_owned() } else { path }, e.into_inner())
     })
 }
 
@@ -175,31 +148,23 @@ fn typed<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, Invalid> {
 fn check_label(field: &str, value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format_args!("{value:?} is not a DNS label (1-63 of a-z, 0-9, '-')"),
-        ))
+        Err(invalid(field, format_args!("{value:?} is not a DNS label (1-63 of a-z, 0-9, '-')")))
     }
 }
 
 fn parse_ip(field: &str, value: &str) -> Result<IpAddr, Invalid> {
-    value
-        .parse()
-        .map_err(|_| invalid(field, format_args!("{value:?} is not an IP address")))
+    value.parse().map_err(|_| invalid(field, format_args!("{value:?} is not an IP address")))
 }
 
 fn parse_protocol(field: &str, value: Option<&str>) -> Result<Protocol, Invalid> {
     let value = value.unwrap_or("TCP");
-    Protocol::from_k8s(value)
-        .ok_or_else(|| invalid(field, format_args!("{value:?} is not TCP, UDP or SCTP")))
+    Protocol::from_k8s(value).ok_or_else(|| invalid(field, format_args!("{value:?} is not TCP, UDP or SCTP")))
 }
 
 fn parse_port(field: &str, port: i64) -> Result<u16, Invalid> {
@@ -225,10 +190,7 @@ struct Meta {
 
 impl Meta {
     fn name(&self) -> Result<String, Invalid> {
-        let name = self
-            .name
-            .clone()
-            .ok_or_else(|| invalid("metadata.name", "missing"))?;
+        let name = self.name.clone().ok_or_else(|| invalid("metadata.name", "missing"))?;
         if name.is_empty() {
             return Err(invalid("metadata.name", "empty"));
         }
@@ -236,10 +198,7 @@ impl Meta {
     }
 
     fn namespace(&self) -> Result<String, Invalid> {
-        let ns = self
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
+        let ns = self.namespace.clone().unwrap_or_else(|| "default".to_owned());
         check_label("metadata.namespace", &ns)?;
         Ok(ns)
     }
@@ -298,14 +257,8 @@ impl RawService {
             let target = non_empty(spec.external_name)
                 .ok_or_else(|| invalid("spec.externalName", "missing for type ExternalName"))?;
             let bare = target.strip_suffix('.').unwrap_or(&target);
-            if bare.is_empty()
-                || bare.len() > 253
-                || bare.split('.').any(|l| l.is_empty() || l.len() > 63)
-            {
-                return Err(invalid(
-                    "spec.externalName",
-                    format_args!("{target:?} is not a domain name"),
-                ));
+            if bare.is_empty() || bare.len() > 253 || bare.split('.').any(|l| l.is_empty() || l.len() > 63) {
+                return Err(invalid("spec.externalName", format_args!("{target:?} is not a domain name")));
             }
             ServiceKind::ExternalName(target)
         } else {
@@ -319,11 +272,8 @@ impl RawService {
             } else {
                 let mut parsed = Vec::with_capacity(ips.len());
                 for (i, ip) in ips.iter().enumerate().filter(|(_, ip)| !ip.is_empty()) {
-                    let f = if field == "spec.clusterIP" {
-                        field.to_owned()
-                    } else {
-                        format!("{field}[{i}]")
-                    };
+                    let f =
+                        if field == "spec.clusterIP" { field.to_owned() } else { format!("{field}[{i}]") };
                     parsed.push(parse_ip(&f, ip)?);
                 }
                 ServiceKind::ClusterIp(parsed)
@@ -331,24 +281,14 @@ impl RawService {
         };
         let mut ports = Vec::with_capacity(spec.ports.len());
         for (i, p) in spec.ports.into_iter().enumerate() {
-            let number = p
-                .port
-                .ok_or_else(|| invalid(format!("spec.ports[{i}].port"), "missing"))?;
+            let number = p.port.ok_or_else(|| invalid(format!("spec.ports[{i}].port"), "missing"))?;
             ports.push(Port {
-                protocol: parse_protocol(
-                    &format!("spec.ports[{i}].protocol"),
-                    p.protocol.as_deref(),
-                )?,
+                protocol: parse_protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?,
                 port: Some(parse_port(&format!("spec.ports[{i}].port"), number)?),
                 name: non_empty(p.name),
             });
         }
-        Ok(Object::Service(Service {
-            namespace,
-            name,
-            kind,
-            ports,
-        }))
+        Ok(Object::Service(Service { namespace, name, kind, ports }))
     }
 }
 
@@ -390,11 +330,7 @@ impl RawSlice {
     fn convert(self) -> Result<Object, Invalid> {
         let name = self.metadata.name()?;
         let namespace = self.metadata.namespace()?;
-        let service = self
-            .metadata
-            .labels
-            .get("kubernetes.io/service-name")
-            .cloned();
+        let service = self.metadata.labels.get("kubernetes.io/service-name").cloned();
         let address_type = self.address_type.unwrap_or_default();
         let wants_v6 = match address_type.as_str() {
             "IPv4" => Some(false),
@@ -402,20 +338,14 @@ impl RawSlice {
             // FQDN slices are deprecated and carry no addresses DNS can serve.
             "FQDN" => None,
             other => {
-                return Err(invalid(
-                    "addressType",
-                    format_args!("{other:?} is not IPv4, IPv6 or FQDN"),
-                ));
+                return Err(invalid("addressType", format_args!("{other:?} is not IPv4, IPv6 or FQDN")));
             }
         };
         let mut ports = Vec::new();
         for (i, p) in self.ports.unwrap_or_default().into_iter().enumerate() {
             ports.push(Port {
                 protocol: parse_protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
-                port: p
-                    .port
-                    .map(|n| parse_port(&format!("ports[{i}].port"), n))
-                    .transpose()?,
+                port: p.port.map(|n| parse_port(&format!("ports[{i}].port"), n)).transpose()?,
                 name: non_empty(p.name),
             });
         }
@@ -449,13 +379,7 @@ impl RawSlice {
                     .and_then(|r| non_empty(r.name)),
             });
         }
-        Ok(Object::EndpointSlice(EndpointSlice {
-            namespace,
-            name,
-            service,
-            ports,
-            endpoints,
-        }))
+        Ok(Object::EndpointSlice(EndpointSlice { namespace, name, service, ports, endpoints }))
     }
 }
 
@@ -537,10 +461,7 @@ impl RawPod {
             "Failed" => PodPhase::Failed,
             "Unknown" => PodPhase::Unknown,
             other => {
-                return Err(invalid(
-                    "status.phase",
-                    format_args!("{other:?} is not a pod phase"),
-                ));
+                return Err(invalid("status.phase", format_args!("{other:?} is not a pod phase")));
             }
         };
         let spec = self.spec;
@@ -550,20 +471,13 @@ impl RawPod {
             "Default" => DnsPolicy::Default,
             "None" => DnsPolicy::None,
             other => {
-                return Err(invalid(
-                    "spec.dnsPolicy",
-                    format_args!("{other:?} is not a DNS policy"),
-                ));
+                return Err(invalid("spec.dnsPolicy", format_args!("{other:?} is not a DNS policy")));
             }
         };
         let dns_config = spec.dns_config.map(|c| PodDnsConfig {
             nameservers: c.nameservers,
             searches: c.searches,
-            options: c
-                .options
-                .into_iter()
-                .filter_map(|o| o.name.map(|n| (n, o.value)))
-                .collect(),
+            options: c.options.into_iter().filter_map(|o| o.name.map(|n| (n, o.value))).collect(),
         });
         Ok(Object::Pod(Pod {
             namespace,
@@ -593,18 +507,9 @@ mod tests {
         let b = parse_cluster(docs).map_err(|e| e.to_string()).unwrap();
         assert_eq!(a.objects, b.objects);
         assert_eq!(a.objects.len(), 2);
-        let Object::Service(s) = &a.objects[1] else {
-            panic!("not a service: {:?}", a.objects[1])
-        };
-        assert_eq!(
-            s.kind,
-            ServiceKind::ClusterIp(vec!["10.0.0.1".parse().unwrap()])
-        );
-        assert_eq!(
-            s.ports[0].protocol,
-            Protocol::Tcp,
-            "protocol defaults to TCP"
-        );
+        let Object::Service(s) = &a.objects[1] else { panic!("not a service: {:?}", a.objects[1]) };
+        assert_eq!(s.kind, ServiceKind::ClusterIp(vec!["10.0.0.1".parse().unwrap()]));
+        assert_eq!(s.ports[0].protocol, Protocol::Tcp, "protocol defaults to TCP");
     }
 
     #[test]
@@ -644,10 +549,9 @@ mod tests {
     #[test]
     fn yaml_syntax_errors_and_other_kinds() {
         assert!(matches!(parse_cluster("a: [b\n"), Err(FileError::Yaml(_))));
-        let parsed =
-            parse_cluster("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n")
-                .map_err(|e| e.to_string())
-                .unwrap();
+        let parsed = parse_cluster("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n")
+            .map_err(|e| e.to_string())
+            .unwrap();
         assert_eq!((parsed.objects.len(), parsed.skipped), (0, 1));
     }
 
@@ -655,23 +559,13 @@ mod tests {
     fn pod_fields_and_slice_readiness() {
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, deletionTimestamp: '2026-01-01T00:00:00Z'}\nspec: {nodeName: n1, hostNetwork: true, dnsPolicy: None, dnsConfig: {searches: [x.y], options: [{name: ndots, value: '2'}]}}\nstatus: {phase: Running, podIP: 10.1.0.1, podIPs: [{ip: 10.1.0.1}, {ip: 'fd00::1'}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, namespace: a, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.0.1], conditions: {}}, {addresses: [10.1.0.2], conditions: {ready: false}}]\n";
         let parsed = parse_cluster(text).map_err(|e| e.to_string()).unwrap();
-        let Object::Pod(p) = &parsed.objects[0] else {
-            panic!()
-        };
+        let Object::Pod(p) = &parsed.objects[0] else { panic!() };
         assert_eq!(p.ips.len(), 2);
         assert!(p.host_network && p.terminating);
         assert_eq!(p.dns_policy, DnsPolicy::None);
-        assert_eq!(
-            p.dns_config.as_ref().unwrap().options,
-            vec![("ndots".to_owned(), Some("2".to_owned()))]
-        );
-        let Object::EndpointSlice(s) = &parsed.objects[1] else {
-            panic!()
-        };
+        assert_eq!(p.dns_config.as_ref().unwrap().options, vec![("ndots".to_owned(), Some("2".to_owned()))]);
+        let Object::EndpointSlice(s) = &parsed.objects[1] else { panic!() };
         assert_eq!(s.service.as_deref(), Some("s"));
-        assert_eq!(
-            s.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(),
-            vec![true, false]
-        );
+        assert_eq!(s.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(), vec![true, false]);
     }
 }

@@ -12,10 +12,7 @@ use crate::store::{ClusterStore, Published};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read cluster file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cluster file {path}: {source}")]
     Parse { path: PathBuf, source: FileError },
 }
@@ -40,11 +37,7 @@ struct Stamp {
 fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
 }
 
 pub struct FileSource {
@@ -55,11 +48,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: impl Into<PathBuf>, store: Arc<ClusterStore>) -> Self {
-        Self {
-            path: path.into(),
-            store,
-            last: None,
-        }
+        Self { path: path.into(), store, last: None }
     }
 
     pub fn path(&self) -> &Path {
@@ -69,21 +58,13 @@ impl FileSource {
     /// Reads and parses the file and replaces the store's cluster with it.
     pub fn load(&mut self) -> Result<Loaded, SourceError> {
         self.last = stamp(&self.path);
-        let text = std::fs::read_to_string(&self.path).map_err(|source| SourceError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
-        let parsed = parse_cluster(&text).map_err(|source| SourceError::Parse {
-            path: self.path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|source| SourceError::Read { path: self.path.clone(), source })?;
+        let parsed =
+            parse_cluster(&text).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
         let objects = parsed.objects.len();
         let published = self.store.replace(parsed.objects);
-        Ok(Loaded {
-            objects,
-            skipped: parsed.skipped,
-            published,
-        })
+        Ok(Loaded { objects, skipped: parsed.skipped, published })
     }
 
     /// Reloads if the file changed since the last load attempt; `None` if it did not.

@@ -128,11 +128,7 @@ pub fn serve(index: &ZoneIndex, bytes: &[u8], ctx: &Context<'_>) -> Served {
         return header_only(id, opcode, ResponseCode::FormErr);
     };
     let edns = message.edns.clone();
-    let request = Request {
-        message,
-        query,
-        edns,
-    };
+    let request = Request { message, query, edns };
     let decision = decide(index, &request, ctx);
     render(&request, decision, ctx)
 }
@@ -149,10 +145,7 @@ fn decide(index: &ZoneIndex, req: &Request, ctx: &Context<'_>) -> Decision {
     match q.query_type() {
         RecordType::AXFR | RecordType::IXFR => {
             let allowed = ctx.transport == Transport::Tcp
-                && ctx
-                    .transfer_from
-                    .iter()
-                    .any(|net| net.contains(&ctx.client));
+                && ctx.transfer_from.iter().any(|net| net.contains(&ctx.client));
             // An IXFR is answered with the whole zone (RFC 1995 §4 allows it).
             match index.transfer(q.name()) {
                 Some(records) if allowed => Decision::Transfer(records),
@@ -215,11 +208,9 @@ fn render(req: &Request, decision: Decision, ctx: &Context<'_>) -> Served {
     served.rcode = Some(msg.metadata.response_code);
     let limit = match ctx.transport {
         Transport::Tcp => usize::from(u16::MAX),
-        Transport::Udp => usize::from(
-            req.edns
-                .as_ref()
-                .map_or(512, |e| e.max_payload().clamp(512, EDNS_PAYLOAD)),
-        ),
+        Transport::Udp => {
+            usize::from(req.edns.as_ref().map_or(512, |e| e.max_payload().clamp(512, EDNS_PAYLOAD)))
+        }
     };
     let mut bytes = encode(&msg);
     if bytes.len() > limit {
@@ -272,8 +263,7 @@ fn encode(msg: &Message) -> Vec<u8> {
         Ok(bytes) => bytes,
         Err(_) => {
             // Only reachable with records the encoder refuses; answer SERVFAIL rather than nothing.
-            let mut fail =
-                Message::new(msg.metadata.id, MessageType::Response, msg.metadata.op_code);
+            let mut fail = Message::new(msg.metadata.id, MessageType::Response, msg.metadata.op_code);
             fail.metadata.response_code = ResponseCode::ServFail;
             fail.queries = msg.queries.clone();
             fail.to_vec().unwrap_or_default()

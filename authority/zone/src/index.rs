@@ -6,8 +6,9 @@
 //! empty non-terminal, so NXDOMAIN versus NODATA (RFC 2308 §2) falls out of the tree's shape.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -34,9 +35,7 @@ impl FromStr for PodsMode {
             "verified" => Ok(Self::Verified),
             "insecure" => Ok(Self::Insecure),
             "disabled" => Ok(Self::Disabled),
-            other => Err(format!(
-                "{other:?} is not one of verified, insecure, disabled"
-            )),
+            other => Err(format!("{other:?} is not one of verified, insecure, disabled")),
         }
     }
 }
@@ -76,18 +75,62 @@ pub const DNS_VERSION_TTL: u32 = 28800;
 /// Kubernetes DNS schema version served in `dns-version.<zone>`.
 pub const SCHEMA_VERSION: &str = "1.1.0";
 
+/// Record data as the index keeps it: 24 bytes instead of hickory's 184-byte `RData`, with
+/// target names shared between the records that point at them (SRV, PTR). Turned into `RData`
+/// only for the records of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Data {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    /// The target of a CNAME, PTR or NS record (the rrset's type says which).
+    Name(Arc<Name>),
+    Srv {
+        weight: u16,
+        port: u16,
+        target: Arc<Name>,
+    },
+    /// Anything rare (SOA, TXT).
+    Other(Box<RData>),
+}
+
+impl Data {
+    pub(crate) fn to_rdata(&self, rtype: RecordType) -> RData {
+        match self {
+            Data::A(ip) => RData::A(A(*ip)),
+            Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Data::Name(n) => match rtype {
+                RecordType::PTR => RData::PTR(PTR(Name::clone(n))),
+                RecordType::NS => RData::NS(NS(Name::clone(n))),
+                _ => RData::CNAME(CNAME(Name::clone(n))),
+            },
+            Data::Srv { weight, port, target } => {
+                RData::SRV(SRV::new(0, *weight, *port, Name::clone(target)))
+            }
+            Data::Other(d) => RData::clone(d),
+        }
+    }
+
+    /// The name this record points at (CNAME/PTR/NS target, SRV target).
+    pub(crate) fn target(&self) -> Option<&Name> {
+        match self {
+            Data::Name(n) | Data::Srv { target: n, .. } => Some(n),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct RrSet {
     pub(crate) rtype: RecordType,
     pub(crate) ttl: u32,
-    pub(crate) data: Vec<RData>,
+    pub(crate) data: Vec<Data>,
 }
 
+/// A name in a zone. Owners are not stored: a lookup knows the name it walked.
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    pub(crate) children: HashMap<Box<[u8]>, Node>,
-    /// Canonical (lower-case) owner name; set once the node holds records.
-    pub(crate) owner: Option<Name>,
+    /// Most nodes are leaves; they pay 8 bytes here instead of an empty map's 48.
+    pub(crate) children: Option<Box<HashMap<Box<[u8]>, Node>>>,
     pub(crate) rrsets: Vec<RrSet>,
 }
 
@@ -96,14 +139,42 @@ impl Node {
         self.rrsets.iter().find(|r| r.rtype == rtype)
     }
 
+    pub(crate) fn child(&self, label: &[u8]) -> Option<&Node> {
+        self.children.as_ref()?.get(label)
+    }
+
+    pub(crate) fn children(&self) -> impl Iterator<Item = (&Box<[u8]>, &Node)> {
+        self.children.iter().flat_map(|c| c.iter())
+    }
+
+    fn child_mut(&mut self, lower_label: &[u8]) -> &mut Node {
+        let map = self.children.get_or_insert_with(Default::default);
+        if !map.contains_key(lower_label) {
+            map.insert(lower_label.into(), Node::default());
+        }
+        map.get_mut(lower_label).expect("inserted above")
+    }
+
     fn count(&self) -> (usize, usize) {
-        self.children.values().fold(
-            (1, self.rrsets.iter().map(|r| r.data.len()).sum()),
-            |acc, c| {
-                let (n, r) = c.count();
-                (acc.0 + n, acc.1 + r)
-            },
-        )
+        let own = (1, self.rrsets.iter().map(|r| r.data.len()).sum());
+        self.children().fold(own, |acc, (_, c)| {
+            let (n, r) = c.count();
+            (acc.0 + n, acc.1 + r)
+        })
+    }
+
+    /// Drops spare capacity once the tree is complete.
+    fn shrink(&mut self) {
+        self.rrsets.shrink_to_fit();
+        for set in &mut self.rrsets {
+            set.data.shrink_to_fit();
+        }
+        if let Some(map) = &mut self.children {
+            map.shrink_to_fit();
+            for child in map.values_mut() {
+                child.shrink();
+            }
+        }
     }
 }
 
@@ -162,18 +233,12 @@ impl ZoneIndex {
     }
 
     pub fn stats(&self) -> IndexStats {
-        self.zones.iter().fold(
-            IndexStats {
-                zones: self.zones.len(),
-                ..Default::default()
-            },
-            |mut s, z| {
-                let (n, r) = z.root.count();
-                s.nodes += n;
-                s.records += r;
-                s
-            },
-        )
+        self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
+            let (n, r) = z.root.count();
+            s.nodes += n;
+            s.records += r;
+            s
+        })
     }
 }
 
@@ -183,14 +248,7 @@ pub fn reverse_zone_of(cidr: &IpNet) -> Name {
     let (labels, suffix): (Vec<String>, &str) = match cidr.trunc() {
         IpNet::V4(n) => {
             let keep = usize::from(n.prefix_len() / 8);
-            (
-                n.network().octets()[..keep]
-                    .iter()
-                    .rev()
-                    .map(u8::to_string)
-                    .collect(),
-                "in-addr.arpa.",
-            )
+            (n.network().octets()[..keep].iter().rev().map(u8::to_string).collect(), "in-addr.arpa.")
         }
         IpNet::V6(n) => {
             let keep = usize::from(n.prefix_len() / 4);
@@ -205,11 +263,7 @@ pub fn reverse_zone_of(cidr: &IpNet) -> Name {
             (nibbles.into_iter().rev().collect(), "ip6.arpa.")
         }
     };
-    let text = if labels.is_empty() {
-        suffix.to_owned()
-    } else {
-        format!("{}.{suffix}", labels.join("."))
-    };
+    let text = if labels.is_empty() { suffix.to_owned() } else { format!("{}.{suffix}", labels.join(".")) };
     Name::from_ascii(text).expect("reverse names are valid")
 }
 
@@ -228,11 +282,7 @@ pub fn undashed(label: &str) -> Option<IpAddr> {
     if let Ok(v4) = dots.parse::<std::net::Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    label
-        .replace('-', ":")
-        .parse::<std::net::Ipv6Addr>()
-        .ok()
-        .map(IpAddr::V6)
+    label.replace('-', ":").parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
@@ -267,22 +317,13 @@ struct Builder<'c> {
     reverse_cidrs: Vec<IpNet>,
     /// SRV entries per owner before de-duplication, so the weight can follow CoreDNS
     /// (`floor(100 / entries)`).
-    srv: BTreeMap<Name, Vec<(u16, Name)>>,
+    srv: BTreeMap<Name, Vec<(u16, Arc<Name>)>>,
 }
 
 impl<'c> Builder<'c> {
     fn new(config: &'c ZoneConfig, serial: u32, state: &ClusterState) -> Self {
-        let reverse_cidrs = config
-            .reverse_cidrs
-            .clone()
-            .unwrap_or_else(|| default_reverse_cidrs(state));
-        let mut b = Builder {
-            config,
-            serial,
-            zones: Vec::new(),
-            reverse_cidrs,
-            srv: BTreeMap::new(),
-        };
+        let reverse_cidrs = config.reverse_cidrs.clone().unwrap_or_else(|| default_reverse_cidrs(state));
+        let mut b = Builder { config, serial, zones: Vec::new(), reverse_cidrs, srv: BTreeMap::new() };
         b.add_zone(config.cluster_domain.to_lowercase(), ZoneKind::Cluster);
         let apexes: BTreeSet<Name> = b.reverse_cidrs.iter().map(reverse_zone_of).collect();
         for apex in apexes {
@@ -290,66 +331,35 @@ impl<'c> Builder<'c> {
                 b.add_zone(apex, ZoneKind::Reverse);
             }
         }
-        b.zones
-            .sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
+        b.zones.sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
         b
     }
 
     fn add_zone(&mut self, apex: Name, kind: ZoneKind) {
         let ttl = self.config.ttl;
-        let label = |l: &str| {
-            Name::from_ascii(l)
-                .expect("static label")
-                .append_domain(&apex)
-        };
+        let label = |l: &str| Name::from_ascii(l).expect("static label").append_domain(&apex);
         let mname = label("ns.dns").expect("apex names are short");
         let rname = label("hostmaster").expect("apex names are short");
         let soa = Record::from_rdata(
             apex.clone(),
             ttl,
-            RData::SOA(SOA::new(
-                mname.clone(),
-                rname,
-                self.serial,
-                7200,
-                1800,
-                86400,
-                ttl,
-            )),
+            RData::SOA(SOA::new(mname.clone(), rname, self.serial, 7200, 1800, 86400, ttl)),
         );
-        let mut root = Node {
-            owner: Some(apex.clone()),
-            ..Default::default()
-        };
-        root.rrsets.push(RrSet {
-            rtype: RecordType::SOA,
-            ttl,
-            data: vec![soa.data.clone()],
-        });
-        root.rrsets.push(RrSet {
-            rtype: RecordType::NS,
-            ttl,
-            data: vec![RData::NS(NS(mname))],
-        });
-        self.zones.push(Zone {
-            apex,
-            kind,
-            root,
-            soa,
-        });
+        let mut root = Node::default();
+        let soa_data = Data::Other(Box::new(soa.data.clone()));
+        root.rrsets.push(RrSet { rtype: RecordType::SOA, ttl, data: vec![soa_data] });
+        root.rrsets.push(RrSet { rtype: RecordType::NS, ttl, data: vec![Data::Name(Arc::new(mname))] });
+        self.zones.push(Zone { apex, kind, root, soa });
     }
 
     /// The node for `owner` in the most specific zone holding it, created with its ancestors.
     fn node(&mut self, owner: &Name) -> Option<&mut Node> {
         let zone = self.zones.iter_mut().find(|z| z.apex.zone_of(owner))?;
         let below = crate::engine::labels_below(owner, &zone.apex);
-        let labels: Vec<&[u8]> = owner.iter().take(below).collect();
+        let labels: Vec<Vec<u8>> = owner.iter().take(below).map(<[u8]>::to_ascii_lowercase).collect();
         let mut node = &mut zone.root;
-        for label in labels.into_iter().rev() {
-            node = node
-                .children
-                .entry(label.to_ascii_lowercase().into_boxed_slice())
-                .or_default();
+        for label in labels.iter().rev() {
+            node = node.child_mut(label);
         }
         Some(node)
     }
@@ -358,40 +368,28 @@ impl<'c> Builder<'c> {
         self.node(owner);
     }
 
-    fn add(&mut self, owner: &Name, ttl: u32, data: RData) {
+    fn add(&mut self, owner: &Name, rtype: RecordType, ttl: u32, data: Data) {
         let Some(node) = self.node(owner) else { return };
-        if node.owner.is_none() {
-            node.owner = Some(owner.clone());
-        }
-        let rtype = data.record_type();
         match node.rrsets.iter_mut().find(|r| r.rtype == rtype) {
             Some(set) if set.data.contains(&data) => {}
             Some(set) => set.data.push(data),
-            None => node.rrsets.push(RrSet {
-                rtype,
-                ttl,
-                data: vec![data],
-            }),
+            None => node.rrsets.push(RrSet { rtype, ttl, data: vec![data] }),
         }
     }
 
     fn add_address(&mut self, owner: &Name, ip: IpAddr) {
-        let data = match ip {
-            IpAddr::V4(v4) => RData::A(A(v4)),
-            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        let (rtype, data) = match ip {
+            IpAddr::V4(v4) => (RecordType::A, Data::A(v4)),
+            IpAddr::V6(v6) => (RecordType::AAAA, Data::Aaaa(v6)),
         };
-        self.add(owner, self.config.ttl, data);
+        self.add(owner, rtype, self.config.ttl, data);
     }
 
-    fn add_ptr(&mut self, ip: IpAddr, target: &Name) {
+    fn add_ptr(&mut self, ip: IpAddr, target: &Arc<Name>) {
         if !self.reverse_cidrs.iter().any(|c| c.contains(&ip)) {
             return;
         }
-        self.add(
-            &Name::from(ip),
-            self.config.ttl,
-            RData::PTR(PTR(target.clone())),
-        );
+        self.add(&Name::from(ip), RecordType::PTR, self.config.ttl, Data::Name(Arc::clone(target)));
     }
 
     fn cluster_name(&self, labels: &[&str]) -> Option<Name> {
@@ -399,8 +397,7 @@ impl<'c> Builder<'c> {
         for l in labels {
             name = name.append_label(l.to_ascii_lowercase().as_str()).ok()?;
         }
-        name.append_domain(&self.config.cluster_domain.to_lowercase())
-            .ok()
+        name.append_domain(&self.config.cluster_domain.to_lowercase()).ok()
     }
 
     fn finish(mut self, state: &ClusterState) -> ZoneIndex {
@@ -417,11 +414,8 @@ impl<'c> Builder<'c> {
             }
         }
         if let Some(v) = self.cluster_name(&["dns-version"]) {
-            self.add(
-                &v,
-                DNS_VERSION_TTL,
-                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()])),
-            );
+            let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
+            self.add(&v, RecordType::TXT, DNS_VERSION_TTL, Data::Other(Box::new(txt)));
         }
         for ns in state.namespaces.keys() {
             for sub in ["svc", "pod"] {
@@ -444,14 +438,13 @@ impl<'c> Builder<'c> {
         for (owner, entries) in srv {
             let weight = u16::try_from(100 / entries.len()).unwrap_or(0);
             for (port, target) in entries {
-                self.add(&owner, ttl, RData::SRV(SRV::new(0, weight, port, target)));
+                self.add(&owner, RecordType::SRV, ttl, Data::Srv { weight, port, target });
             }
         }
-        ZoneIndex {
-            zones: self.zones,
-            config: self.config.clone(),
-            serial: self.serial,
+        for zone in &mut self.zones {
+            zone.root.shrink();
         }
+        ZoneIndex { zones: self.zones, config: self.config.clone(), serial: self.serial }
     }
 
     fn add_services(&mut self, state: &ClusterState) {
@@ -459,23 +452,25 @@ impl<'c> Builder<'c> {
         let mut slices: HashMap<(&str, &str), Vec<&crate::model::EndpointSlice>> = HashMap::new();
         for s in state.slices.values() {
             if let Some(svc) = &s.service {
-                slices
-                    .entry((s.namespace.as_str(), svc.as_str()))
-                    .or_default()
-                    .push(s);
+                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
             }
         }
         for svc in state.services.values() {
             let Some(svc_name) = self.cluster_name(&[&svc.name, &svc.namespace, "svc"]) else {
                 continue;
             };
+            let svc_name = Arc::new(svc_name);
             let own_slices = slices.get(&(svc.namespace.as_str(), svc.name.as_str()));
             // Ready endpoints: (record name, address, the slice's ports).
-            let mut ready: Vec<(Name, IpAddr, &[Port])> = Vec::new();
+            let mut ready: Vec<(Arc<Name>, IpAddr, &[Port])> = Vec::new();
+            // One shared name per endpoint name: its A, SRV targets and PTRs point at it.
+            let mut names: HashMap<Name, Arc<Name>> = HashMap::new();
             for slice in own_slices.into_iter().flatten() {
                 for ep in slice.endpoints.iter().filter(|e| e.ready) {
                     for ip in &ep.addresses {
                         if let Some(name) = self.endpoint_name(ep, ip, &svc_name) {
+                            let name =
+                                Arc::clone(names.entry(name.clone()).or_insert_with(|| Arc::new(name)));
                             ready.push((name, *ip, &slice.ports));
                         }
                     }
@@ -483,13 +478,9 @@ impl<'c> Builder<'c> {
             }
             match &svc.kind {
                 ServiceKind::ExternalName(target) => {
-                    let absolute = if target.ends_with('.') {
-                        target.clone()
-                    } else {
-                        format!("{target}.")
-                    };
+                    let absolute = if target.ends_with('.') { target.clone() } else { format!("{target}.") };
                     if let Ok(t) = Name::from_ascii(&absolute) {
-                        self.add(&svc_name, self.config.ttl, RData::CNAME(CNAME(t)));
+                        self.add(&svc_name, RecordType::CNAME, self.config.ttl, Data::Name(Arc::new(t)));
                     }
                 }
                 ServiceKind::ClusterIp(ips) => {
@@ -500,15 +491,9 @@ impl<'c> Builder<'c> {
                     }
                     for p in &svc.ports {
                         let Some(port) = p.port else { continue };
-                        self.srv
-                            .entry(svc_name.clone())
-                            .or_default()
-                            .push((port, svc_name.clone()));
+                        self.srv.entry(Name::clone(&svc_name)).or_default().push((port, svc_name.clone()));
                         if let Some(owner) = self.port_owner(p, &svc_name) {
-                            self.srv
-                                .entry(owner)
-                                .or_default()
-                                .push((port, svc_name.clone()));
+                            self.srv.entry(owner).or_default().push((port, svc_name.clone()));
                         }
                     }
                     // Endpoint names exist under ClusterIP services too (CoreDNS extension), so
@@ -526,15 +511,9 @@ impl<'c> Builder<'c> {
                         self.add_ptr(*ip, name);
                         for p in ports.iter() {
                             let Some(port) = p.port else { continue };
-                            self.srv
-                                .entry(svc_name.clone())
-                                .or_default()
-                                .push((port, name.clone()));
+                            self.srv.entry(Name::clone(&svc_name)).or_default().push((port, name.clone()));
                             if let Some(owner) = self.port_owner(p, &svc_name) {
-                                self.srv
-                                    .entry(owner)
-                                    .or_default()
-                                    .push((port, name.clone()));
+                                self.srv.entry(owner).or_default().push((port, name.clone()));
                             }
                         }
                     }
@@ -545,20 +524,13 @@ impl<'c> Builder<'c> {
 
     fn endpoint_name(&self, ep: &Endpoint, ip: &IpAddr, svc_name: &Name) -> Option<Name> {
         let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
-        Name::from_ascii(host.to_ascii_lowercase())
-            .ok()?
-            .append_domain(svc_name)
-            .ok()
+        Name::from_ascii(host.to_ascii_lowercase()).ok()?.append_domain(svc_name).ok()
     }
 
     /// `_<port>._<proto>.<svc>` for a named port.
     fn port_owner(&self, port: &Port, svc_name: &Name) -> Option<Name> {
         let name = port.name.as_ref()?;
-        let labels = format!(
-            "_{}.{}",
-            name.to_ascii_lowercase(),
-            port.protocol.srv_label()
-        );
+        let labels = format!("_{}.{}", name.to_ascii_lowercase(), port.protocol.srv_label());
         Name::from_ascii(labels).ok()?.append_domain(svc_name).ok()
     }
 }
@@ -573,19 +545,12 @@ mod tests {
             ("10.0.0.0/16", "0.10.in-addr.arpa."),
             ("10.0.0.0/12", "10.in-addr.arpa."),
             ("172.0.0.0/24", "0.0.172.in-addr.arpa."),
-            (
-                "1234:abcd::/64",
-                "0.0.0.0.0.0.0.0.d.c.b.a.4.3.2.1.ip6.arpa.",
-            ),
+            ("1234:abcd::/64", "0.0.0.0.0.0.0.0.d.c.b.a.4.3.2.1.ip6.arpa."),
             ("10::/64", "0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.ip6.arpa."),
             ("fd00::/7", "f.ip6.arpa."),
         ];
         for (cidr, apex) in cases {
-            assert_eq!(
-                reverse_zone_of(&cidr.parse().unwrap()).to_ascii(),
-                apex,
-                "{cidr}"
-            );
+            assert_eq!(reverse_zone_of(&cidr.parse().unwrap()).to_ascii(), apex, "{cidr}");
         }
     }
 

@@ -203,8 +203,7 @@ impl ClusterState {
                 self.namespaces.insert(ns.name.clone(), ns);
             }
             Object::Service(s) => {
-                self.services
-                    .insert((s.namespace.clone(), s.name.clone()), s);
+                self.services.insert((s.namespace.clone(), s.name.clone()), s);
             }
             Object::EndpointSlice(s) => {
                 self.slices.insert((s.namespace.clone(), s.name.clone()), s);

@@ -97,13 +97,9 @@ impl ClusterStore {
     fn publish(&self, state: &ClusterState) -> Published {
         let started = Instant::now();
         let previous = self.index.load().serial();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         // SOA serials only grow (RFC 1982); seconds since the epoch, or one more than the last.
-        let serial = u32::try_from(now)
-            .unwrap_or(u32::MAX)
-            .max(previous.wrapping_add(1));
+        let serial = u32::try_from(now).unwrap_or(u32::MAX).max(previous.wrapping_add(1));
         let index = ZoneIndex::build(state, &self.config, serial);
         let stats = index.stats();
         self.index.store(Arc::new(index));
@@ -112,11 +108,6 @@ impl ClusterStore {
             *g += 1;
             generation = *g;
         });
-        Published {
-            generation,
-            serial,
-            build_time: started.elapsed(),
-            stats,
-        }
+        Published { generation, serial, build_time: started.elapsed(), stats }
     }
 }

@@ -83,10 +83,7 @@ fn index(config: ZoneConfig) -> ZoneIndex {
 }
 
 fn config() -> ZoneConfig {
-    ZoneConfig {
-        ns_addresses: vec!["10.0.0.53".parse().unwrap()],
-        ..Default::default()
-    }
+    ZoneConfig { ns_addresses: vec!["10.0.0.53".parse().unwrap()], ..Default::default() }
 }
 
 struct Case {
@@ -103,13 +100,7 @@ const fn case(
     answer: &'static [&'static str],
     authority: &'static [&'static str],
 ) -> Case {
-    Case {
-        q,
-        rcode,
-        answer,
-        authority,
-        additional: &[],
-    }
+    Case { q, rcode, answer, authority, additional: &[] }
 }
 
 const SOA: &str =
@@ -133,25 +124,20 @@ fn run(idx: &ZoneIndex, cases: &[Case]) {
             v
         };
         let want = |v: &[&str]| {
-            sorted(
-                v.iter()
-                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-                    .collect(),
-            )
+            sorted(v.iter().map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).collect())
         };
-        let (a, au, ad) = (
-            sorted(text(&got.answers)),
-            sorted(text(&got.authorities)),
-            sorted(text(&got.additionals)),
-        );
-        if got.rcode != c.rcode
-            || a != want(c.answer)
-            || au != want(c.authority)
-            || ad != want(c.additional)
+        let (a, au, ad) =
+            (sorted(text(&got.answers)), sorted(text(&got.authorities)), sorted(text(&got.additionals)));
+        if got.rcode != c.rcode || a != want(c.answer) || au != want(c.authority) || ad != want(c.additional)
         {
             failures.push(format!(
                 "{}:\n  got  {:?} {a:?} auth {au:?} add {ad:?}\n  want {:?} {:?} auth {:?} add {:?}",
-                c.q, got.rcode, c.rcode, want(c.answer), want(c.authority), want(c.additional)
+                c.q,
+                got.rcode,
+                c.rcode,
+                want(c.answer),
+                want(c.authority),
+                want(c.additional)
             ));
         }
     }
@@ -163,12 +149,7 @@ fn services_endpoints_and_names() {
     run(
         &index(config()),
         &[
-            case(
-                "web.ns1.svc.cluster.local. A",
-                OK,
-                &["web.ns1.svc.cluster.local. 5 IN A 10.0.0.1"],
-                &[],
-            ),
+            case("web.ns1.svc.cluster.local. A", OK, &["web.ns1.svc.cluster.local. 5 IN A 10.0.0.1"], &[]),
             case(
                 "web.ns1.svc.cluster.local. AAAA",
                 OK,
@@ -290,12 +271,7 @@ fn external_names_chase_inside_the_zone_only() {
     );
     // A self-referencing alias ends after the chase limit instead of looping.
     let idx = index(config());
-    let got = idx
-        .lookup(
-            &Name::from_ascii("loop.ns1.svc.cluster.local.").unwrap(),
-            RecordType::A,
-        )
-        .unwrap();
+    let got = idx.lookup(&Name::from_ascii("loop.ns1.svc.cluster.local.").unwrap(), RecordType::A).unwrap();
     assert_eq!(got.answers.len(), 9, "the original and 8 followed CNAMEs");
 }
 
@@ -312,12 +288,7 @@ fn apex_reverse_and_pods() {
                 authority: &[],
                 additional: &["ns.dns.cluster.local. 5 IN A 10.0.0.53"],
             },
-            case(
-                "ns.dns.cluster.local. A",
-                OK,
-                &["ns.dns.cluster.local. 5 IN A 10.0.0.53"],
-                &[],
-            ),
+            case("ns.dns.cluster.local. A", OK, &["ns.dns.cluster.local. 5 IN A 10.0.0.53"], &[]),
             // Default reverse zones: the /16 (or /64) around every address seen.
             case(
                 "1.0.0.10.in-addr.arpa. PTR",
@@ -364,26 +335,16 @@ fn apex_reverse_and_pods() {
     );
     assert!(
         index(config())
-            .lookup(
-                &Name::from_ascii("1.0.0.11.in-addr.arpa.").unwrap(),
-                RecordType::PTR
-            )
+            .lookup(&Name::from_ascii("1.0.0.11.in-addr.arpa.").unwrap(), RecordType::PTR)
             .is_none(),
         "outside every reverse zone: REFUSED"
     );
-    assert!(
-        index(config())
-            .lookup(&Name::from_ascii("example.org.").unwrap(), RecordType::A)
-            .is_none()
-    );
+    assert!(index(config()).lookup(&Name::from_ascii("example.org.").unwrap(), RecordType::A).is_none());
 }
 
 #[test]
 fn pods_modes() {
-    let insecure = index(ZoneConfig {
-        pods: PodsMode::Insecure,
-        ..config()
-    });
+    let insecure = index(ZoneConfig { pods: PodsMode::Insecure, ..config() });
     run(
         &insecure,
         &[
@@ -398,22 +359,13 @@ fn pods_modes() {
             case("x.1-2-3-4.ns1.pod.cluster.local. A", NX, &[], &[SOA]),
         ],
     );
-    let disabled = index(ZoneConfig {
-        pods: PodsMode::Disabled,
-        ..config()
-    });
-    run(
-        &disabled,
-        &[case("10-1-0-9.ns1.pod.cluster.local. A", NX, &[], &[SOA])],
-    );
+    let disabled = index(ZoneConfig { pods: PodsMode::Disabled, ..config() });
+    run(&disabled, &[case("10-1-0-9.ns1.pod.cluster.local. A", NX, &[], &[SOA])]);
 }
 
 #[test]
 fn wildcards_when_enabled() {
-    let idx = index(ZoneConfig {
-        wildcards: true,
-        ..config()
-    });
+    let idx = index(ZoneConfig { wildcards: true, ..config() });
     run(
         &idx,
         &[
@@ -427,12 +379,7 @@ fn wildcards_when_enabled() {
                 ],
                 &[],
             ),
-            case(
-                "web.*.svc.cluster.local. A",
-                OK,
-                &["web.*.svc.cluster.local. 5 IN A 10.0.0.1"],
-                &[],
-            ),
+            case("web.*.svc.cluster.local. A", OK, &["web.*.svc.cluster.local. 5 IN A 10.0.0.1"], &[]),
             case(
                 "*.db.ns1.svc.cluster.local. A",
                 OK,
@@ -446,26 +393,15 @@ fn wildcards_when_enabled() {
         ],
     );
     // Off (the default), `*` is an ordinary label.
-    run(
-        &index(config()),
-        &[case("*.ns1.svc.cluster.local. A", NX, &[], &[SOA])],
-    );
+    run(&index(config()), &[case("*.ns1.svc.cluster.local. A", NX, &[], &[SOA])]);
 }
 
 #[test]
 fn transfer_lists_every_record_between_soas() {
     let idx = index(config());
-    let records = idx
-        .transfer(&Name::from_ascii("cluster.local.").unwrap())
-        .unwrap();
-    assert_eq!(
-        records.first().map(|r| r.record_type()),
-        Some(RecordType::SOA)
-    );
-    assert_eq!(
-        records.last().map(|r| r.record_type()),
-        Some(RecordType::SOA)
-    );
+    let records = idx.transfer(&Name::from_ascii("cluster.local.").unwrap()).unwrap();
+    assert_eq!(records.first().map(|r| r.record_type()), Some(RecordType::SOA));
+    assert_eq!(records.last().map(|r| r.record_type()), Some(RecordType::SOA));
     let text: Vec<String> = records.iter().map(|r| present(r).join(" ")).collect();
     for want in [
         "web.ns1.svc.cluster.local. 5 IN A 10.0.0.1",
@@ -476,9 +412,5 @@ fn transfer_lists_every_record_between_soas() {
         assert!(text.iter().any(|t| t == want), "missing {want}");
     }
     assert_eq!(text.iter().filter(|t| t.contains(" SOA ")).count(), 2);
-    assert!(
-        idx.transfer(&Name::from_ascii("svc.cluster.local.").unwrap())
-            .is_none(),
-        "not an apex"
-    );
+    assert!(idx.transfer(&Name::from_ascii("svc.cluster.local.").unwrap()).is_none(), "not an apex");
 }

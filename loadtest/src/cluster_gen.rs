@@ -1,0 +1,101 @@
+//! Synthetic clusters for benchmarks: `services` Services spread over `namespaces`, a fraction of
+//! them headless with `endpoints` ready endpoints each, the rest ClusterIP with endpoints too, and
+//! `pods` Running pods. Addresses come from fixed CIDRs (services 10.96.0.0/12, pods 10.64.0.0/12)
+//! so reverse zones are predictable. Output is deterministic for the same parameters.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub namespaces: usize,
+    pub services: usize,
+    /// Every `headless_every`-th service is headless (0: none).
+    pub headless_every: usize,
+    /// Ready endpoints per service (headless and ClusterIP alike).
+    pub endpoints: usize,
+    pub pods: usize,
+}
+
+fn service_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
+}
+
+fn pod_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 10)) + i as u32)
+}
+
+/// The cluster as multi-document YAML.
+pub fn cluster_yaml(s: &Shape) -> String {
+    let mut out = String::with_capacity(s.services * 600 + s.pods * 250);
+    let ns = |i: usize| format!("ns{}", i % s.namespaces.max(1));
+    for n in 0..s.namespaces.max(1) {
+        let _ = write!(out, "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}}}\n");
+    }
+    let mut next_pod = 0usize;
+    for i in 0..s.services {
+        let namespace = ns(i);
+        let headless = s.headless_every > 0 && i % s.headless_every == 0;
+        let cluster_ip = if headless { "None".to_owned() } else { service_ip(i).to_string() };
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: {namespace}}}\nspec: {{clusterIP: {cluster_ip}, ports: [{{name: http, protocol: TCP, port: 80}}]}}\n"
+        );
+        if s.endpoints == 0 {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{i}-a, namespace: {namespace}, labels: {{kubernetes.io/service-name: svc{i}}}}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints:\n"
+        );
+        for _ in 0..s.endpoints {
+            let ip = pod_ip(next_pod % s.pods.max(1));
+            next_pod += 1;
+            let _ = writeln!(out, "- {{addresses: [{ip}], conditions: {{ready: true}}}}");
+        }
+    }
+    for p in 0..s.pods {
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: {}}}\nspec: {{nodeName: node{}}}\nstatus: {{phase: Running, podIP: {}}}\n",
+            ns(p),
+            p % 100,
+            pod_ip(p)
+        );
+    }
+    out
+}
+
+/// A dnsperf query file: each service's A record, its SRV name, and a share of misses.
+pub fn queries(s: &Shape, domain: &str) -> String {
+    let mut out = String::new();
+    let ns = |i: usize| format!("ns{}", i % s.namespaces.max(1));
+    for i in 0..s.services {
+        let _ = writeln!(out, "svc{i}.{}.svc.{domain} A", ns(i));
+        if i % 4 == 0 {
+            let _ = writeln!(out, "_http._tcp.svc{i}.{}.svc.{domain} SRV", ns(i));
+        }
+        if i % 10 == 0 {
+            let _ = writeln!(out, "missing{i}.{}.svc.{domain} A", ns(i));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_clusters_parse_into_the_expected_objects() {
+        let shape = Shape { namespaces: 3, services: 20, headless_every: 5, endpoints: 2, pods: 30 };
+        let parsed =
+            nodedns_zone::file::parse_cluster(&cluster_yaml(&shape)).map_err(|e| e.to_string()).unwrap();
+        let state = nodedns_zone::model::ClusterState::from_objects(parsed.objects);
+        assert_eq!(state.namespaces.len(), 3);
+        assert_eq!(state.services.len(), 20);
+        assert_eq!(state.slices.len(), 20);
+        assert_eq!(state.pods.len(), 30);
+        assert_eq!(queries(&shape, "cluster.local").lines().count(), 20 + 5 + 2);
+    }
+}
