@@ -4,7 +4,8 @@
 # kernel's floor on this machine) in the same run. Also the zone engine's heap for that cluster.
 #
 # Prerequisites: apt-get install -y dnsperf gcc; ../shared/peerbench beside the checkout.
-# Usage: loadtest/bench-authority.sh            # 10,000 services, 3 runs of 10 s each
+# Usage: loadtest/bench-authority.sh            # 10,000 services, 3 runs of 10 s each, flat out
+#                                                # and at a fixed 50,000 queries/s
 #        SERVICES=2000 RUNS=1 DUR=3 loadtest/bench-authority.sh
 # Pinning: server on CPU 1, dnsperf on CPU 0 (as peerbench runs its peers). Loopback only; every
 # run is bounded by dnsperf -l.
@@ -35,11 +36,12 @@ trap cleanup EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run_dnsperf NAME PID -> prints "qps avg_ms lost cpu_us_per_q"
+# run_dnsperf PID [RATE] -> prints "qps avg_ms lost cpu_us_per_q"
 run_dnsperf() {
-  local pid=$2 t0 t1 out
+  local pid=$1 t0 t1 out rate=()
+  [ -n "${2:-}" ] && rate=(-Q "$2")
   t0=$(cpu_ticks "$pid")
-  out=$(taskset -c 0 dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -c 10 -T 1 -l "$DUR" -t 2 2>&1)
+  out=$(taskset -c 0 dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -c 10 -T 1 -l "$DUR" -t 2 "${rate[@]}" 2>&1)
   t1=$(cpu_ticks "$pid")
   local qps lost avg
   qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
@@ -52,16 +54,17 @@ run_dnsperf() {
 
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%s (%s-%s)", m, a[1], a[NR]}'; }
 
+# measure NAME PID LOAD: RUNS runs at LOAD ("max" or a rate in queries/s), one table row
 measure() {
-  local name=$1 pid=$2 i
-  : >"$WORK/$name.runs"
-  for i in $(seq "$RUNS"); do run_dnsperf "$name" "$pid" >>"$WORK/$name.runs"; done
-  local rss; rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
-  printf "| %s | %s | %s | %s | %s | %s MiB |\n" "$name" \
-    "$(cut -d' ' -f1 "$WORK/$name.runs" | median)" \
-    "$(cut -d' ' -f2 "$WORK/$name.runs" | median)" \
-    "$(cut -d' ' -f4 "$WORK/$name.runs" | median)" \
-    "$(cut -d' ' -f3 "$WORK/$name.runs" | paste -sd+ | bc)" "$rss"
+  local name=$1 pid=$2 load=$3 i runs="$WORK/$1-$3.runs"
+  : >"$runs"
+  for i in $(seq "$RUNS"); do run_dnsperf "$pid" "${load#max}" >>"$runs"; done
+  local rss; rss=$(awk '/VmRSS/ {r=$2} /VmHWM/ {h=$2} END {printf "%.1f / %.1f", r/1024, h/1024}' "/proc/$pid/status")
+  printf "| %s | %s | %s | %s | %s | %s | %s MiB |\n" "$name" "$load" \
+    "$(cut -d' ' -f1 "$runs" | median)" \
+    "$(cut -d' ' -f2 "$runs" | median)" \
+    "$(cut -d' ' -f4 "$runs" | median)" \
+    "$(cut -d' ' -f3 "$runs" | paste -sd+ | bc)" "$rss"
 }
 
 wait_answer() {
@@ -74,11 +77,12 @@ wait_answer() {
 echo
 echo "## dnsperf -c 10 -T 1 -l $DUR, $(wc -l <"$WORK/queries.txt") names (A, SRV, NXDOMAIN), $RUNS runs, median (min-max)"
 echo
-echo "| server | QPS | avg latency ms | server CPU µs/query | lost | peak RSS |"
-echo "|---|---|---|---|---|---|"
+echo "| server | load | QPS | avg latency ms | server CPU µs/query | lost | RSS now / peak |"
+echo "|---|---|---|---|---|---|---|"
 taskset -c 1 "$WORK/reflector" 127.0.0.1 "$PORT" & pids+=($!)
 sleep 0.5
-measure reflector "${pids[-1]}"
+measure reflector "${pids[-1]}" max
+measure reflector "${pids[-1]}" 50000
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 started=$(date +%s.%N)
@@ -86,7 +90,8 @@ taskset -c 1 "$BIN/nodedns-authority" --cluster-file "$WORK/cluster.yaml" --dns-
   --admin-listen 127.0.0.1:0 --lameduck 0 2>"$WORK/authority.log" & pids+=($!)
 wait_answer
 loaded=$(date +%s.%N)
-measure nodedns-authority "${pids[-1]}"
+measure nodedns-authority "${pids[-1]}" max
+measure nodedns-authority "${pids[-1]}" 50000
 echo
 echo "authority start-up to first answer: $(awk -v a="$started" -v b="$loaded" 'BEGIN {printf "%.2f s", b - a}') (includes parsing the $(du -h "$WORK/cluster.yaml" | cut -f1) cluster file)"
 grep -o 'records=[0-9]*.*build_ms=[0-9.]*' "$WORK/authority.log" | head -1
