@@ -116,7 +116,8 @@ impl Shared {
         if matches!(served.qtype, Some(RecordType::AXFR | RecordType::IXFR)) {
             let sent = served.rcode == Some(ResponseCode::NoError);
             metrics::transfer(sent);
-            info!(client = %peer, zone = served.qname.as_deref().unwrap_or(""), sent, "zone transfer request");
+            let zone = served.qname.as_ref().map(ToString::to_string).unwrap_or_default();
+            info!(client = %peer, zone, sent, "zone transfer request");
         }
     }
 
@@ -129,7 +130,7 @@ impl Shared {
             client = %peer,
             proto = transport.as_str(),
             qtype = %served.qtype.map(|t| t.to_string()).unwrap_or_default(),
-            qname = served.qname.as_deref().unwrap_or(""),
+            qname = %served.qname.as_ref().map(ToString::to_string).unwrap_or_default(),
             rcode = %served.rcode.map(|r| r.to_string()).unwrap_or_default(),
             size = served.messages.iter().map(Vec::len).sum::<usize>(),
             truncated = served.truncated,

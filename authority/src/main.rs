@@ -1,7 +1,7 @@
 //! `nodedns-authority`: parse flags, set up logging, bind, run. Everything else is in `lib.rs`.
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::Parser as _;
 use nodedns_authority::config::{Args, Config, LogFormat};
 use nodedns_authority::{Authority, Listeners};
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,17 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version print as usual; a bad flag is one line naming it.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("nodedns-authority: error: {line} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let config = Config::resolve(&args).context("invalid configuration")?;
     init_logging(config.log_format);
     if args.check_config {

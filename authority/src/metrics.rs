@@ -27,6 +27,19 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
+        // Histogram samples pile up in the recorder until upkeep drains them into buckets
+        // (16 bytes per query otherwise). `install()` would spawn this on a runtime; a plain
+        // thread works whichever runtime, if any, the caller has.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the metrics upkeep thread; histograms will grow");
+        }
         // Another recorder may already be installed (several servers in one test process): then
         // this handle renders an empty registry, which only tests can observe.
         let _ = metrics::set_global_recorder(recorder);

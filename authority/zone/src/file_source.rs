@@ -127,12 +127,21 @@ mod tests {
     }
 
     fn svc(ip: &str) -> String {
-        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a}}\nspec: {{clusterIP: {ip}}}\n")
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a}}\nspec: {{clusterIP: {ip}}}\n"
+        )
     }
 
     fn answer(store: &ClusterStore) -> Vec<String> {
         let name = Name::from_ascii("s.a.svc.cluster.local.").unwrap();
-        store.index().lookup(&name, RecordType::A).unwrap().answers.iter().map(|r| r.data.to_string()).collect()
+        store
+            .index()
+            .lookup(&name, RecordType::A)
+            .unwrap()
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
     }
 
     #[test]

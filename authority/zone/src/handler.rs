@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use ipnet::IpNet;
 
 use crate::engine::Answer;
@@ -67,8 +67,8 @@ pub struct Served {
     /// The response code sent (`None` when dropped).
     pub rcode: Option<ResponseCode>,
     pub qtype: Option<RecordType>,
-    /// Lower-cased question name, when one was parsed.
-    pub qname: Option<String>,
+    /// The question name as asked, when one was parsed.
+    pub qname: Option<Name>,
     pub dropped: Option<DropReason>,
     /// The response was cut to fit the client's UDP size (TC set).
     pub truncated: bool,
@@ -167,7 +167,7 @@ fn render(req: &Request, decision: Decision, ctx: &Context<'_>) -> Served {
         messages: Vec::with_capacity(1),
         rcode: None,
         qtype: Some(qtype),
-        qname: Some(req.query.name().to_lowercase().to_ascii()),
+        qname: Some(req.query.name().clone()),
         dropped: None,
         truncated: false,
     };
