@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Authority benchmark: queries/second of nodedns-authority (no cache: every answer comes from the
 # zone index) over a generated cluster, measured with dnsperf, next to peerbench's C reflector (the
-# kernel's floor on this machine) in the same run. Also the zone engine's heap for that cluster.
+# kernel's floor on this machine) and Knot DNS (an authoritative peer, serving the very same
+# records, dumped from our index) in the same run. Also the zone engine's heap for that cluster.
 #
-# Prerequisites: apt-get install -y dnsperf gcc; ../shared/peerbench beside the checkout.
+# Prerequisites: apt-get install -y dnsperf gcc knot; ../shared/peerbench beside the checkout.
+# Without knotd the Knot rows are skipped.
 # Usage: loadtest/bench-authority.sh            # 10,000 services, 3 runs of 10 s each, flat out
 #                                                # and at a fixed 50,000 queries/s
 #        SERVICES=2000 RUNS=1 DUR=3 loadtest/bench-authority.sh
@@ -56,7 +58,7 @@ median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1
 
 # measure NAME PID LOAD: RUNS runs at LOAD ("max" or a rate in queries/s), one table row
 measure() {
-  local name=$1 pid=$2 load=$3 i runs="$WORK/$1-$3.runs"
+  local name=$1 pid=$2 load=$3 i runs="$WORK/${1%% *}-$3.runs"
   : >"$runs"
   for i in $(seq "$RUNS"); do run_dnsperf "$pid" "${load#max}" >>"$runs"; done
   local rss; rss=$(awk '/VmRSS/ {r=$2} /VmHWM/ {h=$2} END {printf "%.1f / %.1f", r/1024, h/1024}' "/proc/$pid/status")
@@ -84,6 +86,39 @@ sleep 0.5
 measure reflector "${pids[-1]}" max
 measure reflector "${pids[-1]}" 50000
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+if command -v knotd >/dev/null; then
+  "$BIN/nodedns-load" zone-file "$WORK/cluster.yaml" --out "$WORK/cluster.local.zone" >/dev/null
+  mkdir -p "$WORK/knot/db"
+  cat >"$WORK/knot.conf" <<KNOT
+server:
+    rundir: $WORK/knot
+    listen: 127.0.0.1@$PORT
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: $WORK/knot/db
+template:
+  - id: default
+    storage: $WORK
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+    semantic-checks: off
+zone:
+  - domain: cluster.local
+    file: cluster.local.zone
+KNOT
+  taskset -c 1 knotd -c "$WORK/knot.conf" 2>"$WORK/knot.log" & pids+=($!)
+  wait_answer
+  measure "knot $(knotd -V | awk '{print $NF}') (1 UDP worker)" "${pids[-1]}" max
+  measure "knot $(knotd -V | awk '{print $NF}') (1 UDP worker)" "${pids[-1]}" 50000
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+fi
 
 started=$(date +%s.%N)
 taskset -c 1 "$BIN/nodedns-authority" --cluster-file "$WORK/cluster.yaml" --dns-listen "127.0.0.1:$PORT" \

@@ -79,6 +79,13 @@ enum Command {
         #[arg(long, default_value = "verified")]
         pods: String,
     },
+    /// Write the cluster zone of a cluster file in zone-file text (what AXFR would send), so
+    /// another server can serve exactly the same records in a benchmark.
+    ZoneFile {
+        cluster_file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -117,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {} ({services} services in {namespaces} namespaces, {pods} pods)", out.display());
         }
         Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
+        Command::ZoneFile { cluster_file, out } => zone_file(&cluster_file, &out)?,
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
     Ok(())
@@ -148,6 +156,26 @@ fn zone_memory(path: &PathBuf, pods: &str) -> anyhow::Result<()> {
         stats.zones,
         took.as_secs_f64() * 1e3
     );
+    Ok(())
+}
+
+fn zone_file(path: &PathBuf, out: &PathBuf) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let state =
+        nodedns_zone::model::ClusterState::from_objects(nodedns_zone::file::parse_cluster(&text)?.objects);
+    let config = nodedns_zone::ZoneConfig::default();
+    let index = nodedns_zone::ZoneIndex::build(&state, &config, 1);
+    let records = index.transfer(&config.cluster_domain).context("the cluster zone is missing")?;
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    );
+    // AXFR frames the zone with its SOA twice; a zone file holds it once.
+    for r in &records[..records.len().saturating_sub(1)] {
+        writeln!(w, "{r}")?;
+    }
+    w.flush()?;
+    println!("wrote {} ({} records)", out.display(), records.len() - 1);
     Ok(())
 }
 
