@@ -251,27 +251,8 @@ mod tests {
         Args::try_parse_from(std::iter::once("nodedns-authority").chain(argv.iter().copied())).unwrap()
     }
 
-    fn write(text: &str) -> tempfile_path::TempPath {
-        tempfile_path::TempPath::with(text)
-    }
-
-    /// A file removed on drop; enough for config tests without another dependency.
-    mod tempfile_path {
-        pub struct TempPath(pub std::path::PathBuf);
-        impl TempPath {
-            pub fn with(text: &str) -> Self {
-                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let p = std::env::temp_dir().join(format!("nodedns-cfg-{}-{n}.yaml", std::process::id()));
-                std::fs::write(&p, text).unwrap();
-                TempPath(p)
-            }
-        }
-        impl Drop for TempPath {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
+    fn write(dir: &nodedns_testsupport::TempDir, text: &str) -> String {
+        dir.write("config.yaml", text).to_str().unwrap().to_owned()
     }
 
     #[test]
@@ -287,8 +268,9 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
-        let f = write("ttl: 30\npods: insecure\ndns-listen: ['127.0.0.1:5353']\nwildcards: true\n");
-        let p = f.0.to_str().unwrap();
+        let dir = nodedns_testsupport::TempDir::new("cfg");
+        let f = write(&dir, "ttl: 30\npods: insecure\ndns-listen: ['127.0.0.1:5353']\nwildcards: true\n");
+        let p = f.as_str();
         let c = Config::resolve(&args(&["--config", p, "--ttl", "7"])).unwrap();
         assert_eq!(c.zone.ttl, 7, "flag wins");
         assert_eq!(c.zone.pods, PodsMode::Insecure, "file fills what flags leave out");
@@ -300,8 +282,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let f = write("ttl: 5\nclustre-domain: x\n");
-        let err = Config::resolve(&args(&["--config", f.0.to_str().unwrap()])).unwrap_err().to_string();
+        let dir = nodedns_testsupport::TempDir::new("cfg");
+        let f = write(&dir, "ttl: 5\nclustre-domain: x\n");
+        let err = Config::resolve(&args(&["--config", &f])).unwrap_err().to_string();
         assert!(err.contains("clustre-domain"), "{err}");
         for (argv, key) in [
             (&["--pods", "maybe"][..], "pods: "),

@@ -50,25 +50,20 @@ fn bad_flags_files_and_ports_exit_non_zero_naming_the_cause() {
     assert!(err.contains(&format!("cannot bind DNS UDP {port}")), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
-    let dir = std::env::temp_dir().join(format!("nodedns-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("config.yaml");
-    std::fs::write(&cfg, "ttl: 5\nupstreams: [1.1.1.1]\n").unwrap();
+    let dir = nodedns_testsupport::TempDir::new("cli");
+    let cfg = dir.write("config.yaml", "ttl: 5\nupstreams: [1.1.1.1]\n");
     let (code, err) = authority(&["--config", cfg.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("upstreams"), "{err}");
 
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
+    let bad = dir.write(
+        "bad.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {clusterIP: nope}\n",
-    )
-    .unwrap();
+    );
     let (code, err) = authority(&["--cluster-file", bad.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("Service a/s: spec.clusterIP"), "{err}");
 
     let (code, _) = authority(&["--cluster-file", &fixture(), "--check-config"]);
     assert_eq!(code, 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,35 +7,8 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use nodedns_testsupport::TempDir;
 use nodedns_testsupport::client::{self, Tcp, ask, build, tcp_raw, udp_expect_silence, udp_raw};
-
-/// A temporary directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("nodedns-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    /// Writes `name` atomically (write then rename), as a ConfigMap update swaps files.
-    fn write(&self, name: &str, text: &str) -> String {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        let path = self.0.join(name);
-        std::fs::rename(&tmp, &path).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn cluster(ip: &str) -> String {
     format!(
@@ -64,7 +37,7 @@ async fn metric(admin: std::net::SocketAddr, line_prefix: &str) -> f64 {
 #[tokio::test]
 async fn reload_applies_good_files_and_keeps_the_last_good_state_on_bad_ones() {
     let dir = TempDir::new("reload");
-    let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
+    let path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
     let server = support::start(&["--cluster-file", &path, "--reload-interval", "0.05"]).await;
     let (msg, _) = ask(server.dns, "web.ns1.svc.cluster.local.", "A").await.unwrap();
     assert_eq!(a_records(&msg), ["10.0.0.1"]);
@@ -107,7 +80,7 @@ fn raw(id: u16, flags: u16, qd: u16, body: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn malformed_input_gets_a_clear_answer_or_is_dropped() {
     let dir = TempDir::new("malformed");
-    let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
+    let path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
     let server = support::start(&["--cluster-file", &path]).await;
     let q = |name: &[u8], qtype: u16, class: u16| {
         let mut b = name.to_vec();
@@ -190,7 +163,7 @@ fn big_headless(n: usize) -> String {
 #[tokio::test]
 async fn large_answers_truncate_over_udp_and_arrive_whole_over_tcp() {
     let dir = TempDir::new("tc");
-    let path = dir.write("cluster.yaml", &big_headless(100));
+    let path = dir.write("cluster.yaml", &big_headless(100)).to_str().unwrap().to_owned();
     let server = support::start(&["--cluster-file", &path]).await;
     // Without EDNS the limit is 512 bytes; with EDNS 4096 we still cap UDP at 1232.
     for payload in [None, Some(4096)] {
@@ -219,7 +192,7 @@ async fn large_answers_truncate_over_udp_and_arrive_whole_over_tcp() {
 #[tokio::test]
 async fn zone_transfer_only_over_tcp_and_only_to_allowed_clients() {
     let dir = TempDir::new("axfr");
-    let path = dir.write("cluster.yaml", &big_headless(300));
+    let path = dir.write("cluster.yaml", &big_headless(300)).to_str().unwrap().to_owned();
     let refused = support::start(&["--cluster-file", &path]).await;
     let q = build("cluster.local.", "AXFR", 9, None).unwrap();
     let msg = Message::from_vec(&tcp_raw(refused.dns, &q.bytes).await.unwrap()).unwrap();
@@ -254,8 +227,9 @@ async fn zone_transfer_only_over_tcp_and_only_to_allowed_clients() {
 #[tokio::test]
 async fn admin_endpoints_and_lameduck_drain() {
     let dir = TempDir::new("admin");
-    let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
-    let config_path = dir.write("config.yaml", &format!("cluster-file: {path}\nttl: 7\n"));
+    let path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
+    let config_path =
+        dir.write("config.yaml", &format!("cluster-file: {path}\nttl: 7\n")).to_str().unwrap().to_owned();
     let mut s = support::start(&["--config", &config_path, "--lameduck", "1.5"]).await;
     assert_eq!(support::http_get(s.admin, "/health").await, (200, "ok\n".to_owned()));
     assert_eq!(support::http_get(s.admin, "/ready").await.0, 200);
@@ -285,7 +259,7 @@ async fn admin_endpoints_and_lameduck_drain() {
 #[tokio::test]
 async fn tcp_connection_cap_and_idle_timeout() {
     let dir = TempDir::new("tcpcap");
-    let path = dir.write("cluster.yaml", &cluster("10.0.0.1"));
+    let path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
     let server =
         support::start(&["--cluster-file", &path, "--tcp-max-connections", "1", "--tcp-idle-timeout", "0.3"])
             .await;

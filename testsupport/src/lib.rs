@@ -19,3 +19,36 @@ pub fn shared_dir() -> PathBuf {
 pub fn workspace_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
+
+/// A temporary directory for one test, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("nodedns-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("creating a temporary directory");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `name` by writing a sibling and renaming it over, as a ConfigMap volume swaps files,
+    /// so a reader never sees half a file. Returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("writing a temporary file");
+        let path = self.0.join(name);
+        std::fs::rename(&tmp, &path).expect("renaming a temporary file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

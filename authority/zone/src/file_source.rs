@@ -106,26 +106,6 @@ mod tests {
     use crate::ZoneConfig;
     use hickory_proto::rr::{Name, RecordType};
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("nodedns-fs-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-
-    /// Replaces the file by rename, as a ConfigMap volume does.
-    fn swap(path: &Path, text: &str) {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-    }
-
     fn svc(ip: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: a}}\nspec: {{clusterIP: {ip}}}\n"
@@ -146,9 +126,8 @@ mod tests {
 
     #[test]
     fn reload_follows_changes_and_keeps_the_last_good_cluster() {
-        let d = dir("reload");
-        let path = d.0.join("cluster.yaml");
-        swap(&path, &svc("10.0.0.1"));
+        let d = nodedns_testsupport::TempDir::new("fs-reload");
+        let path = d.write("cluster.yaml", &svc("10.0.0.1"));
         let store = ClusterStore::new(ZoneConfig::default());
         let mut source = FileSource::new(&path, Arc::clone(&store));
         assert!(!store.is_synced());
@@ -159,16 +138,16 @@ mod tests {
 
         assert!(source.reload_if_changed().is_none(), "untouched file: no reload");
 
-        swap(&path, &svc("10.0.0.2"));
+        d.write("cluster.yaml", &svc("10.0.0.2"));
         let loaded = source.reload_if_changed().expect("changed").unwrap();
         assert_eq!(loaded.published.map(|p| p.generation), Some(2));
         assert_eq!(answer(&store), ["10.0.0.2"]);
 
         // Same content under a new inode: re-read, but nothing to publish.
-        swap(&path, &svc("10.0.0.2"));
+        d.write("cluster.yaml", &svc("10.0.0.2"));
         assert!(source.reload_if_changed().expect("changed").unwrap().published.is_none());
 
-        swap(&path, &svc("10.0.0.x"));
+        d.write("cluster.yaml", &svc("10.0.0.x"));
         let err = source.reload_if_changed().expect("changed").unwrap_err().to_string();
         assert!(err.contains("Service a/s: spec.clusterIP"), "{err}");
         assert_eq!(answer(&store), ["10.0.0.2"], "last good cluster still served");
