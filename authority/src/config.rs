@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use nodedns_zone::{PodsMode, ZoneConfig};
 use serde::Deserialize;
 
+use crate::kube_source::KubeSettings;
+
 /// Largest `--ttl` accepted (CoreDNS's `ttl` maximum).
 pub const MAX_TTL: u32 = 3600;
 
@@ -29,6 +31,15 @@ pub struct Args {
     /// Services, EndpointSlices and Pods) instead of the Kubernetes API; re-read when it changes.
     #[arg(long, env = "NODEDNS_CLUSTER_FILE", value_name = "PATH")]
     pub cluster_file: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API source [default: in-cluster config, else KUBECONFIG].
+    #[arg(long, env = "NODEDNS_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only this namespace (repeatable); names elsewhere answer NXDOMAIN [default: all].
+    #[arg(long, env = "NODEDNS_NAMESPACE", value_name = "NS", value_delimiter = ',')]
+    pub namespace: Vec<String>,
+    /// Serve only Services and EndpointSlices matching this label selector (e.g. `tier!=internal`).
+    #[arg(long, env = "NODEDNS_LABEL_SELECTOR", value_name = "SELECTOR")]
+    pub label_selector: Option<String>,
     /// The cluster domain [default: cluster.local].
     #[arg(long, env = "NODEDNS_CLUSTER_DOMAIN", value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
@@ -86,6 +97,9 @@ pub struct Args {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub cluster_file: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: Option<Vec<String>>,
+    pub label_selector: Option<String>,
     pub cluster_domain: Option<String>,
     pub dns_listen: Option<Vec<SocketAddr>>,
     pub admin_listen: Option<SocketAddr>,
@@ -112,7 +126,9 @@ pub enum LogFormat {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Read the cluster from this file; `None`: from the Kubernetes API with `kube`.
     pub cluster_file: Option<PathBuf>,
+    pub kube: KubeSettings,
     pub zone: ZoneConfig,
     pub dns_listen: Vec<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
@@ -209,8 +225,32 @@ impl Config {
             return Err(invalid("reload-interval", "must be above 0"));
         }
 
+        let cluster_file = args.cluster_file.clone().or(file.cluster_file);
+        let kube = KubeSettings {
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            namespaces: list(&args.namespace, file.namespace),
+            label_selector: args
+                .label_selector
+                .clone()
+                .or(file.label_selector)
+                .filter(|s| !s.trim().is_empty()),
+        };
+        for ns in &kube.namespaces {
+            let ok = !ns.is_empty()
+                && ns.len() <= 63
+                && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(invalid("namespace", format!("{ns:?} is not a namespace name")));
+            }
+        }
+        if cluster_file.is_some() && (!kube.namespaces.is_empty() || kube.label_selector.is_some()) {
+            let key = if kube.namespaces.is_empty() { "label-selector" } else { "namespace" };
+            return Err(invalid(key, "filters apply to the Kubernetes API source, not to --cluster-file"));
+        }
+
         Ok(Config {
-            cluster_file: args.cluster_file.clone().or(file.cluster_file),
+            cluster_file,
+            kube,
             zone: ZoneConfig {
                 cluster_domain,
                 ttl,

@@ -43,17 +43,34 @@ impl DnsSockets {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for addr in addrs {
-            let u = bind_udp(*addr)?;
-            let actual =
-                u.local_addr().map_err(|source| BindError { what: "DNS UDP", addr: *addr, source })?;
-            tcp.push(bind_tcp(actual)?);
+            let (u, t) = bind_pair(*addr)?;
             udp.push(u);
+            tcp.push(t);
         }
         Ok(Self { udp, tcp })
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+}
+
+/// UDP and TCP on one address. With port 0 the kernel picks the UDP port, and that number may
+/// already be taken for TCP: then another pair is tried.
+fn bind_pair(addr: SocketAddr) -> Result<(StdUdpSocket, StdTcpListener), BindError> {
+    let mut attempts = 0;
+    loop {
+        let u = bind_udp(addr)?;
+        let actual = u.local_addr().map_err(|source| BindError { what: "DNS UDP", addr, source })?;
+        match bind_tcp(actual) {
+            Ok(t) => return Ok((u, t)),
+            Err(e)
+                if addr.port() == 0 && attempts < 20 && e.source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! nodedns-authority: the only nodedns component that knows the cluster. It loads cluster state
-//! (today from a cluster file; the Kubernetes API source comes next), keeps the zone index of
-//! `nodedns-zone` current, and answers the Kubernetes DNS specification over UDP and TCP.
+//! from the Kubernetes API (or a cluster file), keeps the zone index of `nodedns-zone` current, and
+//! answers the Kubernetes DNS specification over UDP and TCP.
 //!
-//! Modules, in the order a query meets them:
+//! Modules, in the order data and queries meet them:
 //! - [`config`]: flags, environment and YAML file into one [`Config`];
+//! - [`kube_source`]: `kube` watchers on the four kinds feeding the store (the file source is
+//!   `nodedns_zone::file_source`);
 //! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
 //!   (the bytes-to-bytes work is `nodedns_zone::serve`);
 //! - [`admin`]: `/health`, `/ready`, `/metrics`;
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod dns;
+pub mod kube_source;
 pub mod metrics;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -34,10 +37,8 @@ pub use dns::{BindError, DnsSockets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
-    #[error(
-        "no cluster source: pass --cluster-file PATH (the Kubernetes API source is not available in this build)"
-    )]
-    NoSource,
+    #[error(transparent)]
+    Kube(#[from] kube_source::KubeError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -88,10 +89,10 @@ impl Authority {
         Arc::clone(&self.store)
     }
 
-    /// Loads the configured source once. A failure here is a start-up failure; later reload
-    /// failures keep the last good cluster.
-    pub fn load(&self) -> Result<FileSource, AuthorityError> {
-        let path = self.config.cluster_file.as_ref().ok_or(AuthorityError::NoSource)?;
+    /// Loads the cluster file once (`None` without `--cluster-file`). A failure here is a start-up
+    /// failure; later reload failures keep the last good cluster.
+    pub fn load(&self) -> Result<Option<FileSource>, AuthorityError> {
+        let Some(path) = self.config.cluster_file.as_ref() else { return Ok(None) };
         let mut source = FileSource::new(path, Arc::clone(&self.store));
         let loaded = source.load()?;
         metrics::reload(true);
@@ -108,18 +109,43 @@ impl Authority {
             build_ms = loaded.published.map_or(0.0, |p| p.build_time.as_secs_f64() * 1e3),
             "cluster file loaded"
         );
-        Ok(source)
+        Ok(Some(source))
     }
 
     /// Serves until `shutdown` is cancelled, then drains: `/ready` turns false, answers go on for
     /// the lameduck period (so endpoints are withdrawn first), listeners stop, open TCP queries
     /// finish.
     pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AuthorityError> {
-        let source = self.load()?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        self.log_startup(&listeners, source.path());
+        match self.load()? {
+            Some(file) => self.watch_file(file, &tracker, &stop),
+            None => {
+                let client = kube_source::client(&self.config.kube).await?;
+                let settings = self.config.kube.clone();
+                tracker.spawn(kube_source::run(client, settings, Arc::clone(&self.store), stop.clone()));
+            }
+        }
+        self.log_startup(&listeners);
+        self.serve(listeners, &tracker, &stop)?;
 
+        shutdown.cancelled().await;
+        self.draining.store(true, Ordering::Release);
+        info!(
+            lameduck_s = self.config.lameduck.as_secs_f64(),
+            "shutting down: /ready is false, still answering during lameduck"
+        );
+        tokio::time::sleep(self.config.lameduck).await;
+        stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("some connections did not finish within 5s of shutdown");
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    fn watch_file(&self, source: FileSource, tracker: &TaskTracker, stop: &CancellationToken) {
         let store = Arc::clone(&self.store);
         let interval = self.config.reload_interval;
         tracker.spawn(source.watch(interval, stop.clone().cancelled_owned(), move |result| match result {
@@ -142,7 +168,15 @@ impl Authority {
                 error!(error = %e, "cluster file reload failed; still serving the last good cluster");
             }
         }));
+    }
 
+    /// Starts the DNS and admin listeners on `tracker`.
+    fn serve(
+        &self,
+        listeners: Listeners,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<(), AuthorityError> {
         let shared = Arc::new(dns::Shared {
             store: Arc::clone(&self.store),
             transfer_from: self.config.transfer_from.clone(),
@@ -177,19 +211,6 @@ impl Authority {
             });
         }
 
-        shutdown.cancelled().await;
-        self.draining.store(true, Ordering::Release);
-        info!(
-            lameduck_s = self.config.lameduck.as_secs_f64(),
-            "shutting down: /ready is false, still answering during lameduck"
-        );
-        tokio::time::sleep(self.config.lameduck).await;
-        stop.cancel();
-        tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-            warn!("some connections did not finish within 5s of shutdown");
-        }
-        info!("stopped");
         Ok(())
     }
 
@@ -198,7 +219,14 @@ impl Authority {
         AuthorityError::Bind(BindError { what, addr, source })
     }
 
-    fn log_startup(&self, listeners: &Listeners, source: &std::path::Path) {
+    fn log_startup(&self, listeners: &Listeners) {
+        let source = match &self.config.cluster_file {
+            Some(path) => format!("file {}", path.display()),
+            None => match &self.config.kube.kubeconfig {
+                Some(path) => format!("kubernetes API (kubeconfig {})", path.display()),
+                None => "kubernetes API (in-cluster or KUBECONFIG)".to_owned(),
+            },
+        };
         let z = &self.config.zone;
         let index = self.store.index();
         let reverse: Vec<String> =
@@ -207,7 +235,9 @@ impl Authority {
             version = env!("CARGO_PKG_VERSION"),
             dns = ?listeners.dns.addrs(),
             admin = ?listeners.admin_addr(),
-            source = %source.display(),
+            source,
+            namespaces = ?self.config.kube.namespaces,
+            label_selector = ?self.config.kube.label_selector,
             cluster_domain = %z.cluster_domain,
             pods = ?z.pods,
             ttl = z.ttl,

@@ -30,7 +30,7 @@ fn real_main() -> anyhow::Result<()> {
     init_logging(config.log_format);
     if args.check_config {
         let authority = Authority::new(config);
-        authority.load().context("checking the cluster source")?;
+        authority.load().context("checking the cluster file")?;
         println!("configuration OK");
         return Ok(());
     }

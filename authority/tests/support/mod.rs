@@ -21,6 +21,38 @@ pub struct Running {
 }
 
 impl Running {
+    /// Runs `change` and waits until the store has published at least one new index after it.
+    pub async fn after_change<T>(&self, change: impl FnOnce() -> T) -> T {
+        let mut generations = self.store.subscribe();
+        let before = *generations.borrow_and_update();
+        let out = change();
+        tokio::time::timeout(std::time::Duration::from_secs(20), generations.wait_for(|g| *g > before))
+            .await
+            .expect("the change reached the store within 20s")
+            .expect("store dropped");
+        out
+    }
+
+    /// Waits until `check` holds, re-checking after every index the store publishes.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut generations = self.store.subscribe();
+        loop {
+            // Marked seen before checking: a publication after the check wakes the wait below.
+            generations.borrow_and_update();
+            if check().await {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, generations.changed()).await.is_err() {
+                panic!("{what}: not within 20s");
+            }
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let result = self.task.await.expect("authority task panicked");
@@ -40,20 +72,26 @@ pub fn config(extra: &[&str]) -> Config {
 
 /// Starts an authority and waits until its cluster is loaded.
 pub async fn start(extra: &[&str]) -> Running {
+    let running = start_unsynced(extra).await;
+    let mut generations = running.store.subscribe();
+    // The first publication is the initial load; a failed load ends the task instead.
+    tokio::select! {
+        r = generations.wait_for(|g| *g > 0) => { r.expect("store dropped"); }
+        _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => panic!("authority did not load its cluster within 20s"),
+    }
+    running
+}
+
+/// Starts an authority without waiting for its cluster.
+pub async fn start_unsynced(extra: &[&str]) -> Running {
     let config = config(extra);
     let listeners = Listeners::bind(&config).expect("binding port-0 sockets");
     let dns = listeners.dns.addrs()[0];
     let admin = listeners.admin_addr().expect("admin listener");
     let authority = Authority::new(config);
     let store = authority.store();
-    let mut generations = store.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(authority.run(listeners, shutdown.clone()));
-    // The first publication is the initial load; a failed load ends the task instead.
-    tokio::select! {
-        r = generations.wait_for(|g| *g > 0) => { r.expect("store dropped"); }
-        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => panic!("authority did not load its cluster within 10s"),
-    }
     Running { dns, admin, store, shutdown, task }
 }
 

@@ -86,6 +86,16 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
 }
 
 fn convert_item(item: &Value, place: &str, out: &mut ParsedFile) -> Result<(), FileError> {
+    match convert_value(item, place)? {
+        Some(object) => out.objects.push(object),
+        None => out.skipped += 1,
+    }
+    Ok(())
+}
+
+/// Converts one API object, given as JSON (an item of a list file, or an object from a watch), to
+/// the model. `place` names where it came from in errors. `None` for kinds DNS does not use.
+pub fn convert_value(item: &Value, place: &str) -> Result<Option<Object>, FileError> {
     let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api_version = item.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let ns = item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
@@ -104,10 +114,7 @@ fn convert_item(item: &Value, place: &str, out: &mut ParsedFile) -> Result<(), F
         "Namespace" | "Service" | "Pod" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "" => return Err(err("kind", "missing".into())),
-        _ => {
-            out.skipped += 1;
-            return Ok(());
-        }
+        _ => return Ok(None),
     };
     if api_version != expected_api {
         return Err(err(
@@ -121,9 +128,7 @@ fn convert_item(item: &Value, place: &str, out: &mut ParsedFile) -> Result<(), F
         "EndpointSlice" => typed::<RawSlice>(item).and_then(|r| r.convert()),
         _ => typed::<RawPod>(item).and_then(|r| r.convert()),
     };
-    let object_value = converted.map_err(|Invalid { field, message }| err(&field, message))?;
-    out.objects.push(object_value);
-    Ok(())
+    converted.map(Some).map_err(|Invalid { field, message }| err(&field, message))
 }
 
 /// A field-level problem found while converting one object.

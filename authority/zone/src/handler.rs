@@ -142,6 +142,10 @@ fn decide(index: &ZoneIndex, req: &Request, ctx: &Context<'_>) -> Decision {
     if q.query_class() != DNSClass::IN {
         return Decision::Error(ResponseCode::Refused);
     }
+    if !index.is_complete() && index.serves(q.name()) {
+        // Before the first complete cluster has loaded, our names are unknown, not absent.
+        return Decision::Error(ResponseCode::ServFail);
+    }
     match q.query_type() {
         RecordType::AXFR | RecordType::IXFR => {
             let allowed = ctx.transport == Transport::Tcp

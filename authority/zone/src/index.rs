@@ -200,6 +200,9 @@ pub struct ZoneIndex {
     pub(crate) zones: Vec<Zone>,
     pub(crate) config: ZoneConfig,
     pub(crate) serial: u32,
+    /// Built from a complete cluster. The placeholder a store starts with is not: answering
+    /// NXDOMAIN from it would tell caches that every name is gone.
+    pub(crate) complete: bool,
 }
 
 /// Size figures of an index, for logs and metrics.
@@ -213,7 +216,12 @@ pub struct IndexStats {
 impl ZoneIndex {
     /// An index with the fixed records only (apex, `dns-version`), used before a source has loaded.
     pub fn empty(config: &ZoneConfig) -> Self {
-        Self::build(&ClusterState::default(), config, 0)
+        Self { complete: false, ..Self::build(&ClusterState::default(), config, 0) }
+    }
+
+    /// Whether this index was built from a complete cluster (see [`ZoneIndex::empty`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     pub fn build(state: &ClusterState, config: &ZoneConfig, serial: u32) -> Self {
@@ -445,7 +453,7 @@ impl<'c> Builder<'c> {
         for zone in &mut self.zones {
             zone.root.shrink();
         }
-        ZoneIndex { zones: self.zones, config: self.config.clone(), serial: self.serial }
+        ZoneIndex { zones: self.zones, config: self.config.clone(), serial: self.serial, complete: true }
     }
 
     fn add_services(&mut self, state: &ClusterState) {

@@ -225,6 +225,18 @@ impl ClusterState {
         }
     }
 
+    /// Keeps only the objects of `kind` whose namespace satisfies `keep` (for Namespaces, their
+    /// name); objects of other kinds are untouched. A relist of one kind uses it to drop what it
+    /// no longer lists.
+    pub fn retain_kind(&mut self, kind: Kind, keep: impl Fn(&str) -> bool) {
+        match kind {
+            Kind::Namespace => self.namespaces.retain(|name, _| keep(name)),
+            Kind::Service => self.services.retain(|(ns, _), _| keep(ns)),
+            Kind::EndpointSlice => self.slices.retain(|(ns, _), _| keep(ns)),
+            Kind::Pod => self.pods.retain(|(ns, _), _| keep(ns)),
+        }
+    }
+
     /// Number of stored objects per kind, in the order Namespace, Service, EndpointSlice, Pod.
     pub fn counts(&self) -> [(Kind, usize); 4] {
         [

@@ -69,23 +69,25 @@ impl ClusterStore {
     /// Replaces the whole cluster (a file reload, the end of an initial list) and marks the store
     /// synced. Returns `None` when nothing changed, so no index is rebuilt.
     pub fn replace(&self, objects: Vec<Object>) -> Option<Published> {
-        let new = ClusterState::from_objects(objects);
+        self.replace_state(ClusterState::from_objects(objects))
+    }
+
+    /// [`ClusterStore::replace`] with a state assembled elsewhere (the end of an initial list).
+    pub fn replace_state(&self, new: ClusterState) -> Option<Published> {
         let mut state = self.lock();
         let changed = *state != new || !self.is_synced();
         if !changed {
             return None;
         }
         *state = new;
-        let published = self.publish(&state);
-        self.synced.store(true, Ordering::Release);
-        Some(published)
+        Some(self.publish(&state, true))
     }
 
     /// Applies incremental changes (watch events) and publishes the result.
     pub fn update(&self, change: impl FnOnce(&mut ClusterState)) -> Published {
         let mut state = self.lock();
         change(&mut state);
-        self.publish(&state)
+        self.publish(&state, false)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
@@ -94,7 +96,9 @@ impl ClusterStore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn publish(&self, state: &ClusterState) -> Published {
+    /// Builds and swaps in the index for `state`, marks the store synced if `synced`, then
+    /// notifies: whoever wakes on the new generation sees the index and the readiness it implies.
+    fn publish(&self, state: &ClusterState, synced: bool) -> Published {
         let started = Instant::now();
         let previous = self.index.load().serial();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -103,6 +107,9 @@ impl ClusterStore {
         let index = ZoneIndex::build(state, &self.config, serial);
         let stats = index.stats();
         self.index.store(Arc::new(index));
+        if synced {
+            self.synced.store(true, Ordering::Release);
+        }
         let mut generation = 0;
         self.generation.send_modify(|g| {
             *g += 1;
