@@ -26,6 +26,7 @@ use metrics::{counter, gauge};
 use nodedns_zone::ClusterStore;
 use nodedns_zone::file::convert_value;
 use nodedns_zone::model::{ClusterState, Kind, Object};
+use nodedns_zone::store::Edit;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -247,6 +248,7 @@ pub async fn run(
             }
         }
         let mut edits: Vec<Edit> = Vec::new();
+        let filter = Filter(&settings.namespaces);
         for (id, change) in batch {
             let scope = &scopes[id];
             let kind = scope.kind;
@@ -285,19 +287,23 @@ pub async fn run(
                 }
                 Change::InitApply(object) => match &mut listing[id].pending {
                     Some(p) => p.push(object),
-                    None => edits.push(Edit::Apply(object)),
+                    None if filter.keeps(&object) => edits.push(Edit::Apply(object)),
+                    None => {}
                 },
                 Change::InitDone => {
-                    let objects = listing[id].pending.take().unwrap_or_default();
+                    let pending = listing[id].pending.take().unwrap_or_default();
+                    let objects: Vec<Object> = pending.into_iter().filter(|o| filter.keeps(o)).collect();
                     counter!("nodedns_kube_events_total", "kind" => kind.as_str(), "type" => "list")
                         .increment(objects.len() as u64);
                     listing[id].listed_once = true;
-                    edits.push(Edit::Relisted { scope: scope.clone(), objects });
+                    edits.push(Edit::Replace { kind, namespace: scope.namespace.clone(), objects });
                 }
                 Change::Apply(object) => {
                     counter!("nodedns_kube_events_total", "kind" => kind.as_str(), "type" => "apply")
                         .increment(1);
-                    edits.push(Edit::Apply(object));
+                    if filter.keeps(&object) {
+                        edits.push(Edit::Apply(object));
+                    }
                 }
                 Change::Delete { namespace, name } => {
                     counter!("nodedns_kube_events_total", "kind" => kind.as_str(), "type" => "delete")
@@ -308,11 +314,11 @@ pub async fn run(
         }
         match &mut initial {
             Some(state) => {
-                let filter = Filter(&settings.namespaces);
                 for edit in edits {
-                    edit.apply(state, &filter);
+                    edit.apply_to(state);
                 }
                 if listing.iter().all(|l| l.listed_once) {
+                    // Every kind has listed: the assembled cluster goes to the store in one swap.
                     let state = initial.take().unwrap_or_default();
                     let store2 = Arc::clone(&store);
                     let published = tokio::task::spawn_blocking(move || store2.replace_state(state)).await;
@@ -331,18 +337,8 @@ pub async fn run(
             }
             None if !edits.is_empty() => {
                 let store2 = Arc::clone(&store);
-                let namespaces = settings.namespaces.clone();
-                // Rebuilding the index is CPU work: off the async workers.
-                let published = tokio::task::spawn_blocking(move || {
-                    let filter = Filter(&namespaces);
-                    store2.update(|state| {
-                        for edit in edits {
-                            edit.apply(state, &filter);
-                        }
-                    })
-                })
-                .await;
-                if let Ok(p) = published {
+                // A relist rebuilds the index: CPU work, kept off the async workers.
+                if let Ok(p) = tokio::task::spawn_blocking(move || store2.edit(edits)).await {
                     crate::metrics::zone_published(&p);
                 }
                 crate::metrics::store_counts(&store.counts());
@@ -360,42 +356,6 @@ impl Filter<'_> {
         match object {
             Object::Namespace(ns) => self.0.is_empty() || self.0.contains(&ns.name),
             _ => true, // namespaced kinds are watched per namespace already
-        }
-    }
-}
-
-/// One change to the cluster state.
-enum Edit {
-    Apply(Object),
-    Delete {
-        kind: Kind,
-        namespace: String,
-        name: String,
-    },
-    /// A complete list of one scope: replaces every object of that kind in that scope.
-    Relisted {
-        scope: Scope,
-        objects: Vec<Object>,
-    },
-}
-
-impl Edit {
-    fn apply(self, state: &mut ClusterState, filter: &Filter<'_>) {
-        match self {
-            Edit::Apply(object) => {
-                if filter.keeps(&object) {
-                    state.apply(object);
-                }
-            }
-            Edit::Delete { kind, namespace, name } => {
-                state.remove(kind, &namespace, &name);
-            }
-            Edit::Relisted { scope, objects } => {
-                state.retain_kind(scope.kind, |ns| scope.namespace.as_deref().is_some_and(|s| s != ns));
-                for object in objects.into_iter().filter(|o| filter.keeps(o)) {
-                    state.apply(object);
-                }
-            }
         }
     }
 }

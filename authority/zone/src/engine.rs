@@ -100,7 +100,7 @@ impl ZoneIndex {
         let below = labels_below(qname, &zone.apex);
         let mut labels: Vec<&[u8]> = qname.iter().take(below).collect();
         labels.reverse();
-        let mut node = &zone.root;
+        let mut node: &Node = &zone.root;
         let mut buf = [0u8; 63];
         for (depth, label) in labels.iter().enumerate() {
             let lower = lower(label, &mut buf);

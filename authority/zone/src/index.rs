@@ -4,6 +4,10 @@
 //!
 //! Each zone is a tree of lower-cased labels below its apex. A node that exists with no records is an
 //! empty non-terminal, so NXDOMAIN versus NODATA (RFC 2308 §2) falls out of the tree's shape.
+//!
+//! Every object contributes a list of records and pinned names ([`Contribution`]); a full build
+//! adds them all, and a change to one object takes back its old contributions and adds its new
+//! ones, copying only the tree paths it touches, so a change costs microseconds, not a rebuild.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,7 +18,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
-use crate::model::{ClusterState, Endpoint, Port, ServiceKind};
+use crate::model::{ClusterState, Endpoint, EndpointSlice, Namespace, Pod, Port, Service, ServiceKind};
 
 /// How `<dashed-ip>.<ns>.pod.<zone>` names are answered (CoreDNS `pods`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,7 +82,7 @@ pub const SCHEMA_VERSION: &str = "1.1.0";
 /// Record data as the index keeps it: 24 bytes instead of hickory's 184-byte `RData`, with
 /// target names shared between the records that point at them (SRV, PTR). Turned into `RData`
 /// only for the records of an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
@@ -124,15 +128,22 @@ pub(crate) struct RrSet {
     pub(crate) rtype: RecordType,
     pub(crate) ttl: u32,
     pub(crate) data: Vec<Data>,
+    /// How many objects contribute each record (`refs[i]` for `data[i]`): two pods on one
+    /// address, one PTR target named by two services.
+    refs: Vec<u32>,
 }
 
-/// A name in a zone. Owners are not stored: a lookup knows the name it walked.
-#[derive(Debug, Default)]
+type Children = HashMap<Box<[u8]>, Arc<Node>>;
+
+/// A name in a zone. Owners are not stored: a lookup knows the name it walked. Nodes are shared
+/// between snapshots; a change copies only the path it touches (copy-on-write).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Node {
     /// Most nodes are leaves; they pay 8 bytes here instead of an empty map's 48.
-    #[allow(clippy::box_collection)]
-    pub(crate) children: Option<Box<HashMap<Box<[u8]>, Node>>>,
+    pub(crate) children: Option<Arc<Children>>,
     pub(crate) rrsets: Vec<RrSet>,
+    /// Objects that keep this name in existence without records (a namespace's `<ns>.svc`).
+    pins: u32,
 }
 
 impl Node {
@@ -141,19 +152,15 @@ impl Node {
     }
 
     pub(crate) fn child(&self, label: &[u8]) -> Option<&Node> {
-        self.children.as_ref()?.get(label)
+        self.children.as_ref()?.get(label).map(|c| &**c)
     }
 
     pub(crate) fn children(&self) -> impl Iterator<Item = (&Box<[u8]>, &Node)> {
-        self.children.iter().flat_map(|c| c.iter())
+        self.children.iter().flat_map(|c| c.iter()).map(|(l, n)| (l, &**n))
     }
 
-    fn child_mut(&mut self, lower_label: &[u8]) -> &mut Node {
-        let map = self.children.get_or_insert_with(Default::default);
-        if !map.contains_key(lower_label) {
-            map.insert(lower_label.into(), Node::default());
-        }
-        map.get_mut(lower_label).expect("inserted above")
+    fn is_unused(&self) -> bool {
+        self.rrsets.is_empty() && self.pins == 0 && self.children.as_ref().is_none_or(|c| c.is_empty())
     }
 
     fn count(&self) -> (usize, usize) {
@@ -164,16 +171,19 @@ impl Node {
         })
     }
 
-    /// Drops spare capacity once the tree is complete.
-    fn shrink(&mut self) {
-        self.rrsets.shrink_to_fit();
-        for set in &mut self.rrsets {
+    /// Drops spare capacity once a full build is complete (nodes are not shared yet).
+    fn shrink(node: &mut Arc<Node>) {
+        let node = Arc::make_mut(node);
+        node.rrsets.shrink_to_fit();
+        for set in &mut node.rrsets {
             set.data.shrink_to_fit();
+            set.refs.shrink_to_fit();
         }
-        if let Some(map) = &mut self.children {
+        if let Some(map) = &mut node.children {
+            let map = Arc::make_mut(map);
             map.shrink_to_fit();
             for child in map.values_mut() {
-                child.shrink();
+                Node::shrink(child);
             }
         }
     }
@@ -185,16 +195,158 @@ pub enum ZoneKind {
     Reverse,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Zone {
     pub(crate) apex: Name,
     pub(crate) kind: ZoneKind,
-    pub(crate) root: Node,
+    pub(crate) root: Arc<Node>,
     pub(crate) soa: Record,
+    /// Kept as the tree changes, so stats cost nothing.
+    nodes: usize,
+    records: usize,
 }
 
-/// An immutable snapshot of every record nodedns serves.
-#[derive(Debug)]
+/// The node at `path` below `node`, created with its ancestors (counted in `created`), copied
+/// where shared.
+fn node_mut<'a>(node: &'a mut Arc<Node>, path: Vec<Vec<u8>>, created: &mut usize) -> &'a mut Node {
+    let mut node = Arc::make_mut(node);
+    for label in path {
+        let map = Arc::make_mut(node.children.get_or_insert_with(Default::default));
+        node = Arc::make_mut(match map.entry(label.into_boxed_slice()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                *created += 1;
+                v.insert(Arc::default())
+            }
+        });
+    }
+    node
+}
+
+impl Zone {
+    fn new(apex: Name, kind: ZoneKind, ttl: u32, serial: u32) -> Self {
+        let label = |l: &str| {
+            Name::from_ascii(l).expect("static label").append_domain(&apex).expect("apex names are short")
+        };
+        let mname = label("ns.dns");
+        let soa = Record::from_rdata(
+            apex.clone(),
+            ttl,
+            RData::SOA(SOA::new(mname.clone(), label("hostmaster"), serial, 7200, 1800, 86400, ttl)),
+        );
+        let mut root = Node { pins: 1, ..Default::default() };
+        root.rrsets.push(RrSet {
+            rtype: RecordType::SOA,
+            ttl,
+            data: vec![Data::Other(Box::new(soa.data.clone()))],
+            refs: vec![1],
+        });
+        root.rrsets.push(RrSet {
+            rtype: RecordType::NS,
+            ttl,
+            data: vec![Data::Name(Arc::new(mname))],
+            refs: vec![1],
+        });
+        Zone { apex, kind, root: Arc::new(root), soa, nodes: 1, records: 2 }
+    }
+
+    fn set_serial(&mut self, serial: u32) {
+        if let RData::SOA(soa) = &mut self.soa.data {
+            soa.serial = serial;
+        }
+        let data = Data::Other(Box::new(self.soa.data.clone()));
+        if let Some(set) =
+            Arc::make_mut(&mut self.root).rrsets.iter_mut().find(|s| s.rtype == RecordType::SOA)
+        {
+            set.data = vec![data];
+        }
+    }
+
+    /// Lower-cased labels of `owner` below the apex, apex side first.
+    fn path(&self, owner: &Name) -> Vec<Vec<u8>> {
+        let below = crate::engine::labels_below(owner, &self.apex);
+        owner.iter().take(below).map(<[u8]>::to_ascii_lowercase).rev().collect()
+    }
+
+    fn add(&mut self, c: &Contribution) {
+        let (owner, record) = match c {
+            Contribution::Pin(owner) => (owner, None),
+            Contribution::Record { owner, rtype, ttl, data } => (owner, Some((rtype, ttl, data))),
+        };
+        let path = self.path(owner);
+        let node = node_mut(&mut self.root, path, &mut self.nodes);
+        let Some((rtype, ttl, data)) = record else {
+            node.pins += 1;
+            return;
+        };
+        match node.rrsets.iter_mut().find(|r| r.rtype == *rtype) {
+            Some(set) => match set.data.iter().position(|d| d == data) {
+                Some(i) => set.refs[i] += 1,
+                None => {
+                    set.data.push(data.clone());
+                    set.refs.push(1);
+                    self.records += 1;
+                }
+            },
+            None => {
+                node.rrsets.push(RrSet { rtype: *rtype, ttl: *ttl, data: vec![data.clone()], refs: vec![1] });
+                self.records += 1;
+            }
+        }
+    }
+
+    /// Takes back one contribution; nodes left without records, pins or children disappear.
+    fn remove(&mut self, c: &Contribution) {
+        let owner = match c {
+            Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
+        };
+        let path = self.path(owner);
+        /// Returns (records removed, nodes pruned).
+        fn walk(node: &mut Arc<Node>, path: &[Vec<u8>], c: &Contribution) -> (usize, usize) {
+            let node = Arc::make_mut(node);
+            let Some((first, rest)) = path.split_first() else {
+                let mut gone = 0;
+                match c {
+                    Contribution::Pin(_) => node.pins = node.pins.saturating_sub(1),
+                    Contribution::Record { rtype, data, .. } => {
+                        if let Some(set) = node.rrsets.iter_mut().find(|r| r.rtype == *rtype)
+                            && let Some(i) = set.data.iter().position(|d| d == data)
+                        {
+                            set.refs[i] -= 1;
+                            if set.refs[i] == 0 {
+                                set.data.remove(i);
+                                set.refs.remove(i);
+                                gone = 1;
+                            }
+                        }
+                        node.rrsets.retain(|s| !s.data.is_empty());
+                    }
+                }
+                return (gone, 0);
+            };
+            let Some(map) = node.children.as_mut() else { return (0, 0) };
+            let map = Arc::make_mut(map);
+            let mut counts = (0, 0);
+            if let Some(child) = map.get_mut(first.as_slice()) {
+                counts = walk(child, rest, c);
+                if child.is_unused() {
+                    map.remove(first.as_slice());
+                    counts.1 += 1;
+                }
+            }
+            if map.is_empty() {
+                node.children = None;
+            }
+            counts
+        }
+        let (records, nodes) = walk(&mut self.root, &path, c);
+        self.records -= records;
+        self.nodes -= nodes;
+    }
+}
+
+/// An immutable snapshot of every record nodedns serves. Cloning is cheap: snapshots share nodes.
+#[derive(Debug, Clone)]
 pub struct ZoneIndex {
     /// Most specific apex first, so the first zone containing a name is its zone.
     pub(crate) zones: Vec<Zone>,
@@ -203,6 +355,8 @@ pub struct ZoneIndex {
     /// Built from a complete cluster. The placeholder a store starts with is not: answering
     /// NXDOMAIN from it would tell caches that every name is gone.
     pub(crate) complete: bool,
+    /// The CIDRs PTR records are served for (configured, or derived at the last full build).
+    pub(crate) reverse_cidrs: Vec<IpNet>,
 }
 
 /// Size figures of an index, for logs and metrics.
@@ -211,6 +365,14 @@ pub struct IndexStats {
     pub zones: usize,
     pub nodes: usize,
     pub records: usize,
+}
+
+/// What one object puts into the zones: names it keeps in existence and records. The full build
+/// adds every object's contributions; a change takes an object's old ones back and adds its new.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Contribution {
+    Pin(Name),
+    Record { owner: Name, rtype: RecordType, ttl: u32, data: Data },
 }
 
 impl ZoneIndex {
@@ -225,7 +387,97 @@ impl ZoneIndex {
     }
 
     pub fn build(state: &ClusterState, config: &ZoneConfig, serial: u32) -> Self {
-        Builder::new(config, serial, state).finish(state)
+        let reverse_cidrs = config.reverse_cidrs.clone().unwrap_or_else(|| default_reverse_cidrs(state));
+        let mut zones =
+            vec![Zone::new(config.cluster_domain.to_lowercase(), ZoneKind::Cluster, config.ttl, serial)];
+        let apexes: BTreeSet<Name> = reverse_cidrs.iter().map(reverse_zone_of).collect();
+        for apex in apexes {
+            if !zones.iter().any(|z| z.apex == apex) {
+                zones.push(Zone::new(apex, ZoneKind::Reverse, config.ttl, serial));
+            }
+        }
+        zones.sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
+        let mut index = ZoneIndex { zones, config: config.clone(), serial, complete: true, reverse_cidrs };
+        let contributions = Contributions::new(&index.config, &index.reverse_cidrs);
+        let mut all = contributions.fixed();
+        for ns in state.namespaces.values() {
+            all.extend(contributions.namespace(ns));
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in state.slices.values() {
+            if let Some(svc) = &s.service {
+                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
+            }
+        }
+        for svc in state.services.values() {
+            let own = slices.get(&(svc.namespace.as_str(), svc.name.as_str())).map_or(&[][..], Vec::as_slice);
+            all.extend(contributions.service(svc, own));
+        }
+        for pod in state.pods.values() {
+            all.extend(contributions.pod(pod));
+        }
+        for c in &all {
+            index.add(c);
+        }
+        for zone in &mut index.zones {
+            Node::shrink(&mut zone.root);
+        }
+        index
+    }
+
+    fn zone_for_mut(&mut self, owner: &Name) -> Option<&mut Zone> {
+        self.zones.iter_mut().find(|z| z.apex.zone_of(owner))
+    }
+
+    fn add(&mut self, c: &Contribution) {
+        let owner = match c {
+            Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
+        };
+        if let Some(zone) = self.zone_for_mut(owner) {
+            zone.add(c);
+        }
+    }
+
+    /// Applies a change: `old` contributions are taken back, `new` ones added, and the serial set.
+    /// Contributions present in both are left alone.
+    pub(crate) fn patch(&mut self, old: &[Contribution], new: &[Contribution], serial: u32) {
+        // A multiset difference: an object may contribute one record twice (an address in two
+        // slices), and each copy holds a reference.
+        let mut delta: HashMap<&Contribution, i64> = HashMap::new();
+        for c in old {
+            *delta.entry(c).or_default() -= 1;
+        }
+        for c in new {
+            *delta.entry(c).or_default() += 1;
+        }
+        for (c, n) in delta.iter().filter(|(_, n)| **n < 0) {
+            let owner = match c {
+                Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
+            };
+            if let Some(zone) = self.zone_for_mut(owner) {
+                for _ in 0..n.unsigned_abs() {
+                    zone.remove(c);
+                }
+            }
+        }
+        for (c, n) in delta.iter().filter(|(_, n)| **n > 0) {
+            for _ in 0..*n {
+                self.add(c);
+            }
+        }
+        self.set_serial(serial);
+    }
+
+    pub(crate) fn set_serial(&mut self, serial: u32) {
+        self.serial = serial;
+        for zone in &mut self.zones {
+            zone.set_serial(serial);
+        }
+    }
+
+    /// Whether `ip` lies inside the CIDRs PTR records are served for.
+    pub(crate) fn covers(&self, ip: &IpAddr) -> bool {
+        self.reverse_cidrs.iter().any(|c| c.contains(ip))
     }
 
     pub fn serial(&self) -> u32 {
@@ -242,6 +494,15 @@ impl ZoneIndex {
     }
 
     pub fn stats(&self) -> IndexStats {
+        self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
+            s.nodes += z.nodes;
+            s.records += z.records;
+            s
+        })
+    }
+
+    /// [`ZoneIndex::stats`] counted by walking every tree (to check the running counts).
+    pub fn stats_walked(&self) -> IndexStats {
         self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
             let (n, r) = z.root.count();
             s.nodes += n;
@@ -294,7 +555,7 @@ pub fn undashed(label: &str) -> Option<IpAddr> {
     label.replace('-', ":").parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
-fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
+pub(crate) fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
     let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
     for s in state.services.values() {
         if let ServiceKind::ClusterIp(list) = &s.kind {
@@ -319,229 +580,167 @@ fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
     nets.into_iter().collect()
 }
 
-struct Builder<'c> {
+/// Computes what each object contributes, given the zone settings.
+pub(crate) struct Contributions<'c> {
     config: &'c ZoneConfig,
-    serial: u32,
-    zones: Vec<Zone>,
-    reverse_cidrs: Vec<IpNet>,
-    /// SRV entries per owner before de-duplication, so the weight can follow CoreDNS
-    /// (`floor(100 / entries)`).
-    srv: BTreeMap<Name, Vec<(u16, Arc<Name>)>>,
+    reverse_cidrs: &'c [IpNet],
+    domain: Name,
 }
 
-impl<'c> Builder<'c> {
-    fn new(config: &'c ZoneConfig, serial: u32, state: &ClusterState) -> Self {
-        let reverse_cidrs = config.reverse_cidrs.clone().unwrap_or_else(|| default_reverse_cidrs(state));
-        let mut b = Builder { config, serial, zones: Vec::new(), reverse_cidrs, srv: BTreeMap::new() };
-        b.add_zone(config.cluster_domain.to_lowercase(), ZoneKind::Cluster);
-        let apexes: BTreeSet<Name> = b.reverse_cidrs.iter().map(reverse_zone_of).collect();
-        for apex in apexes {
-            if !b.zones.iter().any(|z| z.apex == apex) {
-                b.add_zone(apex, ZoneKind::Reverse);
-            }
-        }
-        b.zones.sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
-        b
+impl<'c> Contributions<'c> {
+    pub(crate) fn new(config: &'c ZoneConfig, reverse_cidrs: &'c [IpNet]) -> Self {
+        Self { config, reverse_cidrs, domain: config.cluster_domain.to_lowercase() }
     }
 
-    fn add_zone(&mut self, apex: Name, kind: ZoneKind) {
-        let ttl = self.config.ttl;
-        let label = |l: &str| Name::from_ascii(l).expect("static label").append_domain(&apex);
-        let mname = label("ns.dns").expect("apex names are short");
-        let rname = label("hostmaster").expect("apex names are short");
-        let soa = Record::from_rdata(
-            apex.clone(),
-            ttl,
-            RData::SOA(SOA::new(mname.clone(), rname, self.serial, 7200, 1800, 86400, ttl)),
-        );
-        let mut root = Node::default();
-        let soa_data = Data::Other(Box::new(soa.data.clone()));
-        root.rrsets.push(RrSet { rtype: RecordType::SOA, ttl, data: vec![soa_data] });
-        root.rrsets.push(RrSet { rtype: RecordType::NS, ttl, data: vec![Data::Name(Arc::new(mname))] });
-        self.zones.push(Zone { apex, kind, root, soa });
-    }
-
-    /// The node for `owner` in the most specific zone holding it, created with its ancestors.
-    fn node(&mut self, owner: &Name) -> Option<&mut Node> {
-        let zone = self.zones.iter_mut().find(|z| z.apex.zone_of(owner))?;
-        let below = crate::engine::labels_below(owner, &zone.apex);
-        let labels: Vec<Vec<u8>> = owner.iter().take(below).map(<[u8]>::to_ascii_lowercase).collect();
-        let mut node = &mut zone.root;
-        for label in labels.iter().rev() {
-            node = node.child_mut(label);
-        }
-        Some(node)
-    }
-
-    fn ensure(&mut self, owner: &Name) {
-        self.node(owner);
-    }
-
-    fn add(&mut self, owner: &Name, rtype: RecordType, ttl: u32, data: Data) {
-        let Some(node) = self.node(owner) else { return };
-        match node.rrsets.iter_mut().find(|r| r.rtype == rtype) {
-            Some(set) if set.data.contains(&data) => {}
-            Some(set) => set.data.push(data),
-            None => node.rrsets.push(RrSet { rtype, ttl, data: vec![data] }),
-        }
-    }
-
-    fn add_address(&mut self, owner: &Name, ip: IpAddr) {
-        let (rtype, data) = match ip {
-            IpAddr::V4(v4) => (RecordType::A, Data::A(v4)),
-            IpAddr::V6(v6) => (RecordType::AAAA, Data::Aaaa(v6)),
-        };
-        self.add(owner, rtype, self.config.ttl, data);
-    }
-
-    fn add_ptr(&mut self, ip: IpAddr, target: &Arc<Name>) {
-        if !self.reverse_cidrs.iter().any(|c| c.contains(&ip)) {
-            return;
-        }
-        self.add(&Name::from(ip), RecordType::PTR, self.config.ttl, Data::Name(Arc::clone(target)));
-    }
-
-    fn cluster_name(&self, labels: &[&str]) -> Option<Name> {
+    fn name(&self, labels: &[&str]) -> Option<Name> {
         let mut name = Name::new();
         for l in labels {
             name = name.append_label(l.to_ascii_lowercase().as_str()).ok()?;
         }
-        name.append_domain(&self.config.cluster_domain.to_lowercase()).ok()
+        name.append_domain(&self.domain).ok()
     }
 
-    fn finish(mut self, state: &ClusterState) -> ZoneIndex {
-        let ttl = self.config.ttl;
-        let fixed = [["svc"].as_slice(), &["pod"], &["ns", "dns"]];
-        for labels in fixed {
-            if let Some(n) = self.cluster_name(labels) {
-                self.ensure(&n);
+    fn record(&self, owner: &Name, rtype: RecordType, data: Data) -> Contribution {
+        Contribution::Record { owner: owner.clone(), rtype, ttl: self.config.ttl, data }
+    }
+
+    fn address(&self, owner: &Name, ip: IpAddr) -> Contribution {
+        match ip {
+            IpAddr::V4(v4) => self.record(owner, RecordType::A, Data::A(v4)),
+            IpAddr::V6(v6) => self.record(owner, RecordType::AAAA, Data::Aaaa(v6)),
+        }
+    }
+
+    fn ptr(&self, ip: IpAddr, target: &Arc<Name>, out: &mut Vec<Contribution>) {
+        if self.reverse_cidrs.iter().any(|c| c.contains(&ip)) {
+            out.push(self.record(&Name::from(ip), RecordType::PTR, Data::Name(Arc::clone(target))));
+        }
+    }
+
+    /// Records every cluster has: `svc`, `pod`, `ns.dns` (with `ns_addresses`), `dns-version`.
+    pub(crate) fn fixed(&self) -> Vec<Contribution> {
+        let mut out = Vec::new();
+        for labels in [["svc"].as_slice(), &["pod"], &["ns", "dns"]] {
+            if let Some(n) = self.name(labels) {
+                out.push(Contribution::Pin(n));
             }
         }
-        if let Some(ns) = self.cluster_name(&["ns", "dns"]) {
-            for ip in self.config.ns_addresses.clone() {
-                self.add_address(&ns, ip);
-            }
+        if let Some(ns) = self.name(&["ns", "dns"]) {
+            out.extend(self.config.ns_addresses.iter().map(|ip| self.address(&ns, *ip)));
         }
-        if let Some(v) = self.cluster_name(&["dns-version"]) {
+        if let Some(v) = self.name(&["dns-version"]) {
             let txt = RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
-            self.add(&v, RecordType::TXT, DNS_VERSION_TTL, Data::Other(Box::new(txt)));
+            out.push(Contribution::Record {
+                owner: v,
+                rtype: RecordType::TXT,
+                ttl: DNS_VERSION_TTL,
+                data: Data::Other(Box::new(txt)),
+            });
         }
-        for ns in state.namespaces.keys() {
-            for sub in ["svc", "pod"] {
-                if let Some(n) = self.cluster_name(&[ns, sub]) {
-                    self.ensure(&n);
-                }
-            }
+        out
+    }
+
+    /// An existing namespace exists under `svc` and `pod` even when empty (NODATA, not NXDOMAIN).
+    pub(crate) fn namespace(&self, ns: &Namespace) -> Vec<Contribution> {
+        ["svc", "pod"].iter().filter_map(|sub| self.name(&[&ns.name, sub])).map(Contribution::Pin).collect()
+    }
+
+    /// A present pod's address records under `pods verified`.
+    pub(crate) fn pod(&self, pod: &Pod) -> Vec<Contribution> {
+        if self.config.pods != PodsMode::Verified || !pod.is_present() {
+            return Vec::new();
         }
-        self.add_services(state);
-        if self.config.pods == PodsMode::Verified {
-            for pod in state.pods.values().filter(|p| p.is_present()) {
-                for ip in &pod.ips {
-                    if let Some(n) = self.cluster_name(&[&dashed(ip), &pod.namespace, "pod"]) {
-                        self.add_address(&n, *ip);
+        pod.ips
+            .iter()
+            .filter_map(|ip| Some(self.address(&self.name(&[&dashed(ip), &pod.namespace, "pod"])?, *ip)))
+            .collect()
+    }
+
+    /// A Service with the EndpointSlices labelled for it.
+    pub(crate) fn service(&self, svc: &Service, slices: &[&EndpointSlice]) -> Vec<Contribution> {
+        let mut out = Vec::new();
+        let Some(svc_name) = self.name(&[&svc.name, &svc.namespace, "svc"]) else { return out };
+        let svc_name = Arc::new(svc_name);
+        // Ready endpoints: (record name, address, the slice's ports); one shared name per
+        // endpoint name, which its A record, SRV targets and PTRs point at.
+        let mut ready: Vec<(Arc<Name>, IpAddr, &[Port])> = Vec::new();
+        let mut names: HashMap<Name, Arc<Name>> = HashMap::new();
+        for slice in slices {
+            for ep in slice.endpoints.iter().filter(|e| e.ready) {
+                for ip in &ep.addresses {
+                    if let Some(name) = endpoint_name(ep, ip, &svc_name) {
+                        let name = Arc::clone(names.entry(name.clone()).or_insert_with(|| Arc::new(name)));
+                        ready.push((name, *ip, &slice.ports));
                     }
                 }
             }
         }
-        let srv = std::mem::take(&mut self.srv);
+        // SRV entries per owner before de-duplication: the weight follows CoreDNS,
+        // floor(100 / entries); identical entries then count as one record.
+        let mut srv: BTreeMap<Name, Vec<(u16, Arc<Name>)>> = BTreeMap::new();
+        match &svc.kind {
+            ServiceKind::ExternalName(target) => {
+                let absolute = if target.ends_with('.') { target.clone() } else { format!("{target}.") };
+                if let Ok(t) = Name::from_ascii(&absolute) {
+                    out.push(self.record(&svc_name, RecordType::CNAME, Data::Name(Arc::new(t))));
+                }
+            }
+            ServiceKind::ClusterIp(ips) => {
+                out.push(Contribution::Pin(Name::clone(&svc_name)));
+                for ip in ips {
+                    out.push(self.address(&svc_name, *ip));
+                    self.ptr(*ip, &svc_name, &mut out);
+                }
+                for p in &svc.ports {
+                    let Some(port) = p.port else { continue };
+                    srv.entry(Name::clone(&svc_name)).or_default().push((port, Arc::clone(&svc_name)));
+                    if let Some(owner) = port_owner(p, &svc_name) {
+                        srv.entry(owner).or_default().push((port, Arc::clone(&svc_name)));
+                    }
+                }
+                // Endpoint names exist under ClusterIP services too (CoreDNS extension), so the
+                // PTRs of those endpoints resolve forward.
+                for (name, ip, _) in &ready {
+                    out.push(self.address(name, *ip));
+                    self.ptr(*ip, name, &mut out);
+                }
+            }
+            ServiceKind::Headless => {
+                // No ready endpoint: the name does not exist (spec §2.4.1; CoreDNS agrees).
+                for (name, ip, ports) in &ready {
+                    out.push(self.address(&svc_name, *ip));
+                    out.push(self.address(name, *ip));
+                    self.ptr(*ip, name, &mut out);
+                    for p in ports.iter() {
+                        let Some(port) = p.port else { continue };
+                        srv.entry(Name::clone(&svc_name)).or_default().push((port, Arc::clone(name)));
+                        if let Some(owner) = port_owner(p, &svc_name) {
+                            srv.entry(owner).or_default().push((port, Arc::clone(name)));
+                        }
+                    }
+                }
+            }
+        }
         for (owner, entries) in srv {
             let weight = u16::try_from(100 / entries.len()).unwrap_or(0);
             for (port, target) in entries {
-                self.add(&owner, RecordType::SRV, ttl, Data::Srv { weight, port, target });
+                out.push(self.record(&owner, RecordType::SRV, Data::Srv { weight, port, target }));
             }
         }
-        for zone in &mut self.zones {
-            zone.root.shrink();
-        }
-        ZoneIndex { zones: self.zones, config: self.config.clone(), serial: self.serial, complete: true }
+        out
     }
+}
 
-    fn add_services(&mut self, state: &ClusterState) {
-        // Slices by owning service, joined through the kubernetes.io/service-name label.
-        let mut slices: HashMap<(&str, &str), Vec<&crate::model::EndpointSlice>> = HashMap::new();
-        for s in state.slices.values() {
-            if let Some(svc) = &s.service {
-                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
-            }
-        }
-        for svc in state.services.values() {
-            let Some(svc_name) = self.cluster_name(&[&svc.name, &svc.namespace, "svc"]) else {
-                continue;
-            };
-            let svc_name = Arc::new(svc_name);
-            let own_slices = slices.get(&(svc.namespace.as_str(), svc.name.as_str()));
-            // Ready endpoints: (record name, address, the slice's ports).
-            let mut ready: Vec<(Arc<Name>, IpAddr, &[Port])> = Vec::new();
-            // One shared name per endpoint name: its A, SRV targets and PTRs point at it.
-            let mut names: HashMap<Name, Arc<Name>> = HashMap::new();
-            for slice in own_slices.into_iter().flatten() {
-                for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                    for ip in &ep.addresses {
-                        if let Some(name) = self.endpoint_name(ep, ip, &svc_name) {
-                            let name =
-                                Arc::clone(names.entry(name.clone()).or_insert_with(|| Arc::new(name)));
-                            ready.push((name, *ip, &slice.ports));
-                        }
-                    }
-                }
-            }
-            match &svc.kind {
-                ServiceKind::ExternalName(target) => {
-                    let absolute = if target.ends_with('.') { target.clone() } else { format!("{target}.") };
-                    if let Ok(t) = Name::from_ascii(&absolute) {
-                        self.add(&svc_name, RecordType::CNAME, self.config.ttl, Data::Name(Arc::new(t)));
-                    }
-                }
-                ServiceKind::ClusterIp(ips) => {
-                    self.ensure(&svc_name);
-                    for ip in ips {
-                        self.add_address(&svc_name, *ip);
-                        self.add_ptr(*ip, &svc_name);
-                    }
-                    for p in &svc.ports {
-                        let Some(port) = p.port else { continue };
-                        self.srv.entry(Name::clone(&svc_name)).or_default().push((port, svc_name.clone()));
-                        if let Some(owner) = self.port_owner(p, &svc_name) {
-                            self.srv.entry(owner).or_default().push((port, svc_name.clone()));
-                        }
-                    }
-                    // Endpoint names exist under ClusterIP services too (CoreDNS extension), so
-                    // the PTRs of those endpoints resolve forward.
-                    for (name, ip, _) in &ready {
-                        self.add_address(name, *ip);
-                        self.add_ptr(*ip, name);
-                    }
-                }
-                ServiceKind::Headless => {
-                    // No ready endpoint: the name does not exist (spec §2.4.1; CoreDNS agrees).
-                    for (name, ip, ports) in &ready {
-                        self.add_address(&svc_name, *ip);
-                        self.add_address(name, *ip);
-                        self.add_ptr(*ip, name);
-                        for p in ports.iter() {
-                            let Some(port) = p.port else { continue };
-                            self.srv.entry(Name::clone(&svc_name)).or_default().push((port, name.clone()));
-                            if let Some(owner) = self.port_owner(p, &svc_name) {
-                                self.srv.entry(owner).or_default().push((port, name.clone()));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+fn endpoint_name(ep: &Endpoint, ip: &IpAddr, svc_name: &Name) -> Option<Name> {
+    let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
+    Name::from_ascii(host.to_ascii_lowercase()).ok()?.append_domain(svc_name).ok()
+}
 
-    fn endpoint_name(&self, ep: &Endpoint, ip: &IpAddr, svc_name: &Name) -> Option<Name> {
-        let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
-        Name::from_ascii(host.to_ascii_lowercase()).ok()?.append_domain(svc_name).ok()
-    }
-
-    /// `_<port>._<proto>.<svc>` for a named port.
-    fn port_owner(&self, port: &Port, svc_name: &Name) -> Option<Name> {
-        let name = port.name.as_ref()?;
-        let labels = format!("_{}.{}", name.to_ascii_lowercase(), port.protocol.srv_label());
-        Name::from_ascii(labels).ok()?.append_domain(svc_name).ok()
-    }
+/// `_<port>._<proto>.<svc>` for a named port.
+fn port_owner(port: &Port, svc_name: &Name) -> Option<Name> {
+    let name = port.name.as_ref()?;
+    let labels = format!("_{}.{}", name.to_ascii_lowercase(), port.protocol.srv_label());
+    Name::from_ascii(labels).ok()?.append_domain(svc_name).ok()
 }
 
 #[cfg(test)]

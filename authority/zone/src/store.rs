@@ -1,15 +1,22 @@
 //! The cluster store: the one place sources write cluster objects to and the query path reads the
-//! index from. Writers rebuild the index and swap it in atomically; readers never lock.
+//! index from. Writers change the index and swap a snapshot in atomically; readers never lock.
+//!
+//! A whole new cluster (a file load, the end of an initial list, a relist) rebuilds the index. A
+//! batch of single-object changes (watch events) patches it: each affected object's old
+//! contributions are taken back and its new ones added, so a change costs time in proportion to
+//! what it touches, not to the size of the cluster.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::index::{IndexStats, ZoneConfig, ZoneIndex};
-use crate::model::{ClusterState, Kind, Object};
+use crate::index::{Contribution, Contributions, IndexStats, ZoneConfig, ZoneIndex};
+use crate::model::{ClusterState, Kind, Object, ObjectKey, ServiceKind};
 
 /// What one publication did, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,11 +26,154 @@ pub struct Published {
     pub serial: u32,
     pub build_time: Duration,
     pub stats: IndexStats,
+    /// Whether the index was patched in place (rather than rebuilt).
+    pub incremental: bool,
+}
+
+/// One change to the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Edit {
+    /// Add or replace an object.
+    Apply(Object),
+    /// Remove an object (`namespace` is ignored for Namespaces).
+    Delete { kind: Kind, namespace: String, name: String },
+    /// A complete list of one kind, cluster-wide or in one namespace: every object of that kind
+    /// there that it does not hold is gone.
+    Replace { kind: Kind, namespace: Option<String>, objects: Vec<Object> },
+}
+
+impl Edit {
+    /// Applies the edit to a cluster state (what the store does before patching its index).
+    pub fn apply_to(self, state: &mut ClusterState) {
+        match self {
+            Edit::Apply(object) => state.apply(object),
+            Edit::Delete { kind, namespace, name } => {
+                state.remove(kind, &namespace, &name);
+            }
+            Edit::Replace { kind, namespace, objects } => {
+                state.retain_kind(kind, |ns| namespace.as_deref().is_some_and(|s| s != ns));
+                for object in objects {
+                    state.apply(object);
+                }
+            }
+        }
+    }
+}
+
+/// The objects a batch of edits touches, whose contributions are recomputed.
+#[derive(Default)]
+struct Affected {
+    namespaces: BTreeSet<String>,
+    services: BTreeSet<ObjectKey>,
+    pods: BTreeSet<ObjectKey>,
+}
+
+impl Affected {
+    /// Must run before the edits are applied: a slice's old owner is affected as well.
+    fn of(state: &ClusterState, edits: &[Edit]) -> Self {
+        let mut a = Affected::default();
+        let slice_owner = |a: &mut Affected, ns: &str, name: &str| {
+            if let Some(svc) =
+                state.slices.get(&(ns.to_owned(), name.to_owned())).and_then(|s| s.service.clone())
+            {
+                a.services.insert((ns.to_owned(), svc));
+            }
+        };
+        for edit in edits {
+            match edit {
+                Edit::Apply(Object::Namespace(n)) => {
+                    a.namespaces.insert(n.name.clone());
+                }
+                Edit::Apply(Object::Service(s)) => {
+                    a.services.insert((s.namespace.clone(), s.name.clone()));
+                }
+                Edit::Apply(Object::EndpointSlice(s)) => {
+                    slice_owner(&mut a, &s.namespace, &s.name);
+                    if let Some(svc) = &s.service {
+                        a.services.insert((s.namespace.clone(), svc.clone()));
+                    }
+                }
+                Edit::Apply(Object::Pod(p)) => {
+                    a.pods.insert((p.namespace.clone(), p.name.clone()));
+                }
+                Edit::Delete { kind, namespace, name } => match kind {
+                    Kind::Namespace => {
+                        a.namespaces.insert(name.clone());
+                    }
+                    Kind::Service => {
+                        a.services.insert((namespace.clone(), name.clone()));
+                    }
+                    Kind::EndpointSlice => slice_owner(&mut a, namespace, name),
+                    Kind::Pod => {
+                        a.pods.insert((namespace.clone(), name.clone()));
+                    }
+                },
+                Edit::Replace { .. } => {}
+            }
+        }
+        a
+    }
+
+    fn contributions(&self, state: &ClusterState, c: &Contributions<'_>) -> Vec<Contribution> {
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            if let Some(n) = state.namespaces.get(ns) {
+                out.extend(c.namespace(n));
+            }
+        }
+        for key in &self.services {
+            if let Some(svc) = state.services.get(key) {
+                let slices: Vec<_> = state
+                    .slices
+                    .range((key.0.clone(), String::new())..)
+                    .take_while(|((ns, _), _)| *ns == key.0)
+                    .map(|(_, s)| s)
+                    .filter(|s| s.service.as_deref() == Some(key.1.as_str()))
+                    .collect();
+                out.extend(c.service(svc, &slices));
+            }
+        }
+        for key in &self.pods {
+            if let Some(pod) = state.pods.get(key) {
+                out.extend(c.pod(pod));
+            }
+        }
+        out
+    }
+
+    /// Addresses the affected objects hold now (to see whether derived reverse zones still cover them).
+    fn addresses<'s>(&self, state: &'s ClusterState) -> Vec<&'s IpAddr> {
+        let mut out = Vec::new();
+        for key in &self.services {
+            if let Some(svc) = state.services.get(key)
+                && let ServiceKind::ClusterIp(ips) = &svc.kind
+            {
+                out.extend(ips);
+            }
+            let in_ns =
+                state.slices.range((key.0.clone(), String::new())..).take_while(|((ns, _), _)| *ns == key.0);
+            for (_, slice) in in_ns.filter(|(_, s)| s.service.as_deref() == Some(key.1.as_str())) {
+                out.extend(slice.endpoints.iter().flat_map(|e| &e.addresses));
+            }
+        }
+        for key in &self.pods {
+            if let Some(pod) = state.pods.get(key) {
+                out.extend(&pod.ips);
+            }
+        }
+        out
+    }
+}
+
+struct Inner {
+    state: ClusterState,
+    /// The index being changed; snapshots of it are published (they share unchanged nodes).
+    working: ZoneIndex,
 }
 
 pub struct ClusterStore {
     config: ZoneConfig,
-    state: Mutex<ClusterState>,
+    inner: Mutex<Inner>,
     index: ArcSwap<ZoneIndex>,
     generation: watch::Sender<u64>,
     synced: AtomicBool,
@@ -33,8 +183,8 @@ impl ClusterStore {
     pub fn new(config: ZoneConfig) -> Arc<Self> {
         let index = ZoneIndex::empty(&config);
         Arc::new(Self {
+            inner: Mutex::new(Inner { state: ClusterState::default(), working: index.clone() }),
             config,
-            state: Mutex::new(ClusterState::default()),
             index: ArcSwap::from_pointee(index),
             generation: watch::channel(0).0,
             synced: AtomicBool::new(false),
@@ -63,50 +213,80 @@ impl ClusterStore {
 
     /// Object counts per kind of the current state.
     pub fn counts(&self) -> [(Kind, usize); 4] {
-        self.lock().counts()
+        self.lock().state.counts()
     }
 
-    /// Replaces the whole cluster (a file reload, the end of an initial list) and marks the store
-    /// synced. Returns `None` when nothing changed, so no index is rebuilt.
+    /// Replaces the whole cluster (a file reload) and marks the store synced. Returns `None` when
+    /// nothing changed, so no index is rebuilt.
     pub fn replace(&self, objects: Vec<Object>) -> Option<Published> {
         self.replace_state(ClusterState::from_objects(objects))
     }
 
     /// [`ClusterStore::replace`] with a state assembled elsewhere (the end of an initial list).
     pub fn replace_state(&self, new: ClusterState) -> Option<Published> {
-        let mut state = self.lock();
-        let changed = *state != new || !self.is_synced();
-        if !changed {
+        let mut inner = self.lock();
+        if inner.state == new && self.is_synced() {
             return None;
         }
-        *state = new;
-        Some(self.publish(&state, true))
+        inner.state = new;
+        Some(self.rebuild(&mut inner, true))
     }
 
-    /// Applies incremental changes (watch events) and publishes the result.
-    pub fn update(&self, change: impl FnOnce(&mut ClusterState)) -> Published {
-        let mut state = self.lock();
-        change(&mut state);
-        self.publish(&state, false)
+    /// Applies a batch of changes: patched in place when every edit is about single objects,
+    /// rebuilt when a whole kind is replaced or a new address falls outside the reverse zones
+    /// derived so far.
+    pub fn edit(&self, edits: Vec<Edit>) -> Published {
+        let started = Instant::now();
+        let mut inner = self.lock();
+        if edits.iter().any(|e| matches!(e, Edit::Replace { .. })) {
+            for e in edits {
+                e.apply_to(&mut inner.state);
+            }
+            return self.rebuild(&mut inner, false);
+        }
+        let affected = Affected::of(&inner.state, &edits);
+        let reverse = inner.working.reverse_cidrs.clone();
+        let contributions = Contributions::new(&self.config, &reverse);
+        let old = affected.contributions(&inner.state, &contributions);
+        for e in edits {
+            e.apply_to(&mut inner.state);
+        }
+        let uncovered = self.config.reverse_cidrs.is_none()
+            && affected.addresses(&inner.state).iter().any(|ip| !inner.working.covers(ip));
+        if uncovered {
+            return self.rebuild(&mut inner, false);
+        }
+        let new = affected.contributions(&inner.state, &contributions);
+        let serial = self.next_serial();
+        inner.working.patch(&old, &new, serial);
+        self.publish(Arc::new(inner.working.clone()), false, started, true)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent state (every change is a whole
         // insert/remove), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Builds and swaps in the index for `state`, marks the store synced if `synced`, then
-    /// notifies: whoever wakes on the new generation sees the index and the readiness it implies.
-    fn publish(&self, state: &ClusterState, synced: bool) -> Published {
-        let started = Instant::now();
+    /// SOA serials only grow (RFC 1982): seconds since the epoch, or one more than the last.
+    fn next_serial(&self) -> u32 {
         let previous = self.index.load().serial();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        // SOA serials only grow (RFC 1982); seconds since the epoch, or one more than the last.
-        let serial = u32::try_from(now).unwrap_or(u32::MAX).max(previous.wrapping_add(1));
-        let index = ZoneIndex::build(state, &self.config, serial);
+        u32::try_from(now).unwrap_or(u32::MAX).max(previous.wrapping_add(1))
+    }
+
+    fn rebuild(&self, inner: &mut Inner, synced: bool) -> Published {
+        let started = Instant::now();
+        inner.working = ZoneIndex::build(&inner.state, &self.config, self.next_serial());
+        self.publish(Arc::new(inner.working.clone()), synced, started, false)
+    }
+
+    /// Swaps in `index`, marks the store synced if `synced`, then notifies: whoever wakes on the
+    /// new generation sees the index and the readiness it implies.
+    fn publish(&self, index: Arc<ZoneIndex>, synced: bool, started: Instant, incremental: bool) -> Published {
         let stats = index.stats();
-        self.index.store(Arc::new(index));
+        let serial = index.serial();
+        self.index.store(index);
         if synced {
             self.synced.store(true, Ordering::Release);
         }
@@ -115,6 +295,6 @@ impl ClusterStore {
             *g += 1;
             generation = *g;
         });
-        Published { generation, serial, build_time: started.elapsed(), stats }
+        Published { generation, serial, build_time: started.elapsed(), stats, incremental }
     }
 }
