@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use serde_json::{Value, json};
+
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub namespaces: usize,
@@ -25,43 +27,51 @@ fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 10)) + i as u32)
 }
 
-/// The cluster as multi-document YAML.
-pub fn cluster_yaml(s: &Shape) -> String {
-    let mut out = String::with_capacity(s.services * 600 + s.pods * 250);
+/// The cluster's objects, as the API server would hold them (JSON).
+pub fn objects(s: &Shape) -> Vec<Value> {
+    let mut out = Vec::with_capacity(s.namespaces + 2 * s.services + s.pods);
     let ns = |i: usize| format!("ns{}", i % s.namespaces.max(1));
     for n in 0..s.namespaces.max(1) {
-        let _ = write!(out, "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}}}\n");
+        out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns{n}")}}));
     }
     let mut next_pod = 0usize;
     for i in 0..s.services {
         let namespace = ns(i);
         let headless = s.headless_every > 0 && i % s.headless_every == 0;
         let cluster_ip = if headless { "None".to_owned() } else { service_ip(i).to_string() };
-        let _ = write!(
-            out,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: {namespace}}}\nspec: {{clusterIP: {cluster_ip}, ports: [{{name: http, protocol: TCP, port: 80}}]}}\n"
-        );
+        out.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc{i}"), "namespace": namespace},
+            "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}}));
         if s.endpoints == 0 {
             continue;
         }
-        let _ = write!(
-            out,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{i}-a, namespace: {namespace}, labels: {{kubernetes.io/service-name: svc{i}}}}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints:\n"
-        );
-        for _ in 0..s.endpoints {
-            let ip = pod_ip(next_pod % s.pods.max(1));
-            next_pod += 1;
-            let _ = writeln!(out, "- {{addresses: [{ip}], conditions: {{ready: true}}}}");
-        }
+        let endpoints: Vec<Value> = (0..s.endpoints)
+            .map(|_| {
+                let ip = pod_ip(next_pod % s.pods.max(1));
+                next_pod += 1;
+                json!({"addresses": [ip.to_string()], "conditions": {"ready": true}})
+            })
+            .collect();
+        out.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("svc{i}-a"), "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": format!("svc{i}")}},
+            "addressType": "IPv4", "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+            "endpoints": endpoints}));
     }
     for p in 0..s.pods {
-        let _ = write!(
-            out,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: {}}}\nspec: {{nodeName: node{}}}\nstatus: {{phase: Running, podIP: {}}}\n",
-            ns(p),
-            p % 100,
-            pod_ip(p)
-        );
+        out.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod{p}"), "namespace": ns(p)},
+            "spec": {"nodeName": format!("node{}", p % 100), "containers": [{"name": "app", "image": "pause"}]},
+            "status": {"phase": "Running", "podIP": pod_ip(p).to_string(), "podIPs": [{"ip": pod_ip(p).to_string()}]}}));
+    }
+    out
+}
+
+/// The cluster as multi-document YAML (each document in JSON form, which YAML reads too).
+pub fn cluster_yaml(s: &Shape) -> String {
+    let mut out = String::with_capacity(s.services * 600 + s.pods * 250);
+    for object in objects(s) {
+        let _ = write!(out, "---\n{object}\n");
     }
     out
 }

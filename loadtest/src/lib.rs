@@ -7,3 +7,4 @@
 //!   query file over its names.
 
 pub mod cluster_gen;
+pub mod kube_bench;

@@ -86,6 +86,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run the authority binary against the fake API server with a generated cluster and measure
+    /// initial sync, memory and the time from an API change to the answer.
+    KubeBench {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10)]
+        headless_every: usize,
+        #[arg(long, default_value_t = 5)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 100_000)]
+        pods: usize,
+        /// Changes whose latency is measured.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The authority binary.
+        #[arg(long, default_value = "target/release/nodedns-authority")]
+        authority: PathBuf,
+    },
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -125,6 +145,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
         Command::ZoneFile { cluster_file, out } => zone_file(&cluster_file, &out)?,
+        Command::KubeBench { services, namespaces, headless_every, endpoints, pods, changes, authority } => {
+            let shape = cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(nodedns_load::kube_bench::run(nodedns_load::kube_bench::Options {
+                shape,
+                authority,
+                changes,
+            }))?;
+        }
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
     Ok(())

@@ -411,20 +411,38 @@ fn list(
 ) -> Response {
     inner.list_requests.fetch_add(1, Ordering::SeqCst);
     let store = lock(&inner.store);
-    let offset: usize = params.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
     let limit: usize =
         params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
-    let matching: Vec<&Value> = store
-        .objects
-        .iter()
-        .filter(|((k, ns, _), obj)| {
-            *k == kind && namespace.is_none_or(|want| want == ns) && selector.matches(&labels_of(obj))
-        })
-        .map(|(_, obj)| obj)
-        .collect();
-    let page: Vec<&Value> = matching.iter().skip(offset).take(limit).copied().collect();
-    let next = offset.saturating_add(page.len());
-    let cont = if next < matching.len() { next.to_string() } else { String::new() };
+    // The continue token is the last key sent ("namespace/name"); pages resume after it.
+    let start: Key = match params.get("continue").and_then(|c| c.split_once('/')) {
+        Some((ns, name)) => (kind, ns.to_owned(), name.to_owned()),
+        None => (kind, String::new(), String::new()),
+    };
+    let resumed = params.get("continue").is_some_and(|c| !c.is_empty());
+    let mut page: Vec<&Value> = Vec::new();
+    let mut last: Option<&Key> = None;
+    let mut more = false;
+    for (key, obj) in store.objects.range(start.clone()..).take_while(|((k, _, _), _)| *k == kind) {
+        if resumed && *key == start {
+            continue;
+        }
+        if namespace.is_some_and(|want| want != key.1) {
+            continue;
+        }
+        if !selector.0.is_empty() && !selector.matches(&labels_of(obj)) {
+            continue;
+        }
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        page.push(obj);
+        last = Some(key);
+    }
+    let cont = match (more, last) {
+        (true, Some((_, ns, name))) => format!("{ns}/{name}"),
+        _ => String::new(),
+    };
     let body = json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.name()),
