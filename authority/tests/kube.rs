@@ -89,6 +89,16 @@ async fn initial_sync_then_every_kind_of_change_reaches_answers() {
     );
     s.after_change(|| c.api.apply(notready_slice(false))).await;
     assert_eq!(answer(&s, "hdls-notready.testns.svc.cluster.local.", "A").await.0, NX);
+    // A new slice for a headless service that had none.
+    assert_eq!(answer(&s, "hdls-empty.testns.svc.cluster.local.", "A").await.0, NX);
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "hdls-empty-1", "namespace": "testns", "labels": {"kubernetes.io/service-name": "hdls-empty"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["172.0.0.70"]}]});
+    s.after_change(|| c.api.apply(slice)).await;
+    assert_eq!(
+        answer(&s, "hdls-empty.testns.svc.cluster.local.", "A").await,
+        (OK, vec!["172.0.0.70".into()])
+    );
     s.after_change(|| c.api.delete(Kind::EndpointSlice, "testns", "svc1-6x2mq")).await;
     assert_eq!(
         answer(&s, "ep1a.svc1.testns.svc.cluster.local.", "A").await.0,

@@ -20,6 +20,9 @@ pub struct Options {
     pub shape: Shape,
     pub authority: PathBuf,
     pub changes: usize,
+    /// Background churn (service address changes per second) while the latency is measured
+    /// again; 0 skips that phase.
+    pub churn_rate: u32,
 }
 
 /// Stops the child on every exit path.
@@ -170,15 +173,52 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let qname = Name::from_ascii(format!("{name}.ns0.svc.cluster.local."))?;
         latencies.push(change_and_wait(&api, &sock, dns, &qname, &name, &ip, i)?);
     }
-    latencies.sort_by(f64::total_cmp);
-    println!(
-        "change to answer, {} changes (creates and address updates): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0.0)
-    );
+    report("change to answer", &mut latencies);
+
+    if opts.churn_rate > 0 {
+        // The same measurement for 10 s while the API churns: R address changes per second over
+        // the other namespaces' services, as a busy cluster's rollouts would make them.
+        let churner = api.clone();
+        let (rate, services, namespaces) = (opts.churn_rate, opts.shape.services.max(2), ns_count);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
+        let churn = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            let mut n = 0usize;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let svc = (n % services) | 1; // odd: never ns0 when there are 100 namespaces
+                let ip = format!("10.96.{}.{}", 100 + (n / 250) % 100, n % 250 + 1);
+                churner.apply(json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": format!("svc{svc}"), "namespace": format!("ns{}", svc % namespaces)},
+                    "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}}));
+                n += 1;
+            }
+            n
+        });
+        let cpu0 = cpu_seconds(pid);
+        let t0 = Instant::now();
+        let mut under_churn = Vec::new();
+        let mut i = opts.changes;
+        while t0.elapsed() < Duration::from_secs(10) {
+            i += 1;
+            // Paced, so the churn, not our probing, dominates the load.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let name = format!("bench{i}");
+            let ip = format!("10.96.{}.{}", 200 + i / 250, i % 250 + 1);
+            let qname = Name::from_ascii(format!("{name}.ns0.svc.cluster.local."))?;
+            under_churn.push(change_and_wait(&api, &sock, dns, &qname, &name, &ip, i)?);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let churned = churn.await.unwrap_or(0);
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "churn: {churned} service changes in {secs:.1} s ({:.0}/s); authority CPU {:.2} cores",
+            churned as f64 / secs,
+            (cpu_seconds(pid) - cpu0) / secs
+        );
+        report("change to answer under churn", &mut under_churn);
+    }
     let (rss_now, rss_peak) = rss(pid);
     println!(
         "authority RSS after the changes {rss_now:.1} MiB (peak {rss_peak:.1} MiB); API bytes sent {:.1} MiB",
@@ -187,6 +227,28 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(authority);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+fn report(what: &str, latencies: &mut [f64]) {
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "{what}, {} changes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.9),
+        percentile(latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+}
+
+/// User plus system CPU seconds the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn change_and_wait(

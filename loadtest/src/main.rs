@@ -105,6 +105,10 @@ enum Command {
         /// The authority binary.
         #[arg(long, default_value = "target/release/nodedns-authority")]
         authority: PathBuf,
+        /// Service changes per second made in the background while the latency is measured a
+        /// second time (0: skip).
+        #[arg(long, default_value_t = 100)]
+        churn_rate: u32,
     },
     /// Ask SERVER one question and print the answer.
     Query {
@@ -145,13 +149,23 @@ fn main() -> anyhow::Result<()> {
         }
         Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
         Command::ZoneFile { cluster_file, out } => zone_file(&cluster_file, &out)?,
-        Command::KubeBench { services, namespaces, headless_every, endpoints, pods, changes, authority } => {
+        Command::KubeBench {
+            services,
+            namespaces,
+            headless_every,
+            endpoints,
+            pods,
+            changes,
+            authority,
+            churn_rate,
+        } => {
             let shape = cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(nodedns_load::kube_bench::run(nodedns_load::kube_bench::Options {
                 shape,
                 authority,
                 changes,
+                churn_rate,
             }))?;
         }
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
