@@ -114,7 +114,12 @@ pub struct Shared {
 impl Shared {
     fn answer(&self, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Served {
         let index = self.store.index();
-        let ctx = Context { transport, client: peer.ip(), transfer_from: &self.transfer_from };
+        let ctx = Context {
+            transport,
+            client: peer.ip(),
+            transfer_from: &self.transfer_from,
+            describe: self.log_queries,
+        };
         serve(&index, bytes, &ctx)
     }
 

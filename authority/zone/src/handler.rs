@@ -34,6 +34,8 @@ pub struct Context<'a> {
     pub client: IpAddr,
     /// Clients allowed to transfer zones (AXFR/IXFR over TCP). Empty: nobody.
     pub transfer_from: &'a [IpNet],
+    /// Fill in [`Served::qname`] (for query logs); off, no name is copied per query.
+    pub describe: bool,
 }
 
 /// UDP payload size we advertise and accept at most (RFC 9715's 1232 avoids fragmentation).
@@ -67,7 +69,8 @@ pub struct Served {
     /// The response code sent (`None` when dropped).
     pub rcode: Option<ResponseCode>,
     pub qtype: Option<RecordType>,
-    /// The question name as asked, when one was parsed.
+    /// The question name as asked, when one was parsed and [`Context::describe`] is set (always
+    /// for zone transfers, which are logged).
     pub qname: Option<Name>,
     pub dropped: Option<DropReason>,
     /// The response was cut to fit the client's UDP size (TC set).
@@ -171,7 +174,8 @@ fn render(req: &Request, decision: Decision, ctx: &Context<'_>) -> Served {
         messages: Vec::with_capacity(1),
         rcode: None,
         qtype: Some(qtype),
-        qname: Some(req.query.name().clone()),
+        qname: (ctx.describe || matches!(qtype, RecordType::AXFR | RecordType::IXFR))
+            .then(|| req.query.name().clone()),
         dropped: None,
         truncated: false,
     };
