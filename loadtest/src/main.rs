@@ -50,20 +50,35 @@ struct Cli {
     command: Command,
 }
 
+/// The shape of a generated cluster (pods have per-command defaults).
+#[derive(clap::Args, Clone, Copy)]
+struct ShapeArgs {
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Every Nth service is headless (0: none).
+    #[arg(long, default_value_t = 10)]
+    headless_every: usize,
+    /// Ready endpoints per service.
+    #[arg(long, default_value_t = 5)]
+    endpoints: usize,
+}
+
+impl ShapeArgs {
+    fn with_pods(&self, pods: usize) -> cluster_gen::Shape {
+        let ShapeArgs { services, namespaces, headless_every, endpoints } = *self;
+        cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a synthetic cluster (YAML) and a dnsperf query file over its names.
     GenCluster {
-        #[arg(long, default_value_t = 10_000)]
-        services: usize,
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        /// Every Nth service is headless (0: none).
-        #[arg(long, default_value_t = 10)]
-        headless_every: usize,
-        /// Ready endpoints per service.
-        #[arg(long, default_value_t = 5)]
-        endpoints: usize,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// Running pods.
         #[arg(long, default_value_t = 50_000)]
         pods: usize,
         #[arg(long, default_value = "cluster.local")]
@@ -89,14 +104,9 @@ enum Command {
     /// Run the authority binary against the fake API server with a generated cluster and measure
     /// initial sync, memory and the time from an API change to the answer.
     KubeBench {
-        #[arg(long, default_value_t = 10_000)]
-        services: usize,
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        #[arg(long, default_value_t = 10)]
-        headless_every: usize,
-        #[arg(long, default_value_t = 5)]
-        endpoints: usize,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// Running pods.
         #[arg(long, default_value_t = 100_000)]
         pods: usize,
         /// Changes whose latency is measured.
@@ -128,17 +138,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::GenCluster {
-            services,
-            namespaces,
-            headless_every,
-            endpoints,
-            pods,
-            cluster_domain,
-            out,
-            queries,
-        } => {
-            let shape = cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods };
+        Command::GenCluster { shape, pods, cluster_domain, out, queries } => {
+            let shape = shape.with_pods(pods);
+            let (services, namespaces) = (shape.services, shape.namespaces);
             std::fs::write(&out, cluster_gen::cluster_yaml(&shape))
                 .with_context(|| format!("writing {}", out.display()))?;
             if let Some(q) = queries {
@@ -149,17 +151,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
         Command::ZoneFile { cluster_file, out } => zone_file(&cluster_file, &out)?,
-        Command::KubeBench {
-            services,
-            namespaces,
-            headless_every,
-            endpoints,
-            pods,
-            changes,
-            authority,
-            churn_rate,
-        } => {
-            let shape = cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods };
+        Command::KubeBench { shape, pods, changes, authority, churn_rate } => {
+            let shape = shape.with_pods(pods);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(nodedns_load::kube_bench::run(nodedns_load::kube_bench::Options {
                 shape,
