@@ -46,6 +46,9 @@ pub struct Args {
     /// DNS listen address, UDP and TCP; repeatable [default: 0.0.0.0:53].
     #[arg(long, env = "NODEDNS_DNS_LISTEN", value_name = "ADDR:PORT", value_delimiter = ',')]
     pub dns_listen: Vec<SocketAddr>,
+    /// gRPC listen address for node agents (nodedns.v1.Authority) [default: 0.0.0.0:8053].
+    #[arg(long, env = "NODEDNS_GRPC_LISTEN", value_name = "ADDR:PORT")]
+    pub grpc_listen: Option<SocketAddr>,
     /// Admin listen address for /health, /ready and /metrics [default: 0.0.0.0:9153].
     #[arg(long, env = "NODEDNS_ADMIN_LISTEN", value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
@@ -103,6 +106,7 @@ pub struct FileConfig {
     pub cluster_domain: Option<String>,
     pub dns_listen: Option<Vec<SocketAddr>>,
     pub admin_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     pub pods: Option<String>,
     pub ttl: Option<u32>,
     pub reverse_cidr: Option<Vec<IpNet>>,
@@ -132,6 +136,7 @@ pub struct Config {
     pub zone: ZoneConfig,
     pub dns_listen: Vec<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     pub transfer_from: Vec<IpNet>,
     pub reload_interval: Duration,
     pub tcp_idle_timeout: Duration,
@@ -268,6 +273,11 @@ impl Config {
                 args.admin_listen
                     .or(file.admin_listen)
                     .unwrap_or_else(|| "0.0.0.0:9153".parse().expect("static address")),
+            ),
+            grpc_listen: Some(
+                args.grpc_listen
+                    .or(file.grpc_listen)
+                    .unwrap_or_else(|| "0.0.0.0:8053".parse().expect("static address")),
             ),
             transfer_from: list(&args.transfer_from, file.transfer_from),
             reload_interval,

@@ -8,6 +8,7 @@
 //!   `nodedns_zone::file_source`);
 //! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
 //!   (the bytes-to-bytes work is `nodedns_zone::serve`);
+//! - [`grpc`]: the `nodedns.v1.Authority` service for node agents (Resolve);
 //! - [`admin`]: `/health`, `/ready`, `/metrics`;
 //! - [`metrics`]: metric names and pre-registered handles.
 //!
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod config;
 pub mod dns;
+pub mod grpc;
 pub mod kube_source;
 pub mod metrics;
 
@@ -53,6 +55,7 @@ pub enum AuthorityError {
 pub struct Listeners {
     pub dns: DnsSockets,
     pub admin: Option<StdTcpListener>,
+    pub grpc: Option<StdTcpListener>,
 }
 
 impl Listeners {
@@ -62,7 +65,15 @@ impl Listeners {
             Some(addr) => Some(dns::bind_tcp(addr).map_err(|e| BindError { what: "admin", ..e })?),
             None => None,
         };
-        Ok(Self { dns, admin })
+        let grpc = match config.grpc_listen {
+            Some(addr) => Some(dns::bind_tcp(addr).map_err(|e| BindError { what: "gRPC", ..e })?),
+            None => None,
+        };
+        Ok(Self { dns, admin, grpc })
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -210,6 +221,20 @@ impl Authority {
                 }
             });
         }
+        if let Some(listener) = listeners.grpc {
+            let service = grpc::Service {
+                store: Arc::clone(&self.store),
+                transfer_from: self.config.transfer_from.clone().into(),
+                draining: Arc::clone(&self.draining),
+                stop: stop.clone(),
+            };
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                if let Err(e) = grpc::serve_grpc(listener, service, stop).await {
+                    error!(error = %e, "gRPC listener failed");
+                }
+            });
+        }
 
         Ok(())
     }
@@ -235,6 +260,7 @@ impl Authority {
             version = env!("CARGO_PKG_VERSION"),
             dns = ?listeners.dns.addrs(),
             admin = ?listeners.admin_addr(),
+            grpc = ?listeners.grpc_addr(),
             source,
             namespaces = ?self.config.kube.namespaces,
             label_selector = ?self.config.kube.label_selector,

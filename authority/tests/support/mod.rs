@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Running {
     pub dns: SocketAddr,
     pub admin: SocketAddr,
+    pub grpc: SocketAddr,
     pub store: Arc<ClusterStore>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), nodedns_authority::AuthorityError>>,
@@ -62,7 +63,15 @@ impl Running {
 
 /// Parses `extra` flags after the test defaults (loopback port 0, no lameduck).
 pub fn config(extra: &[&str]) -> Config {
-    let mut argv = vec!["nodedns-authority", "--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let mut argv = vec![
+        "nodedns-authority",
+        "--dns-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ];
     if !extra.contains(&"--lameduck") {
         argv.extend(["--lameduck", "0"]);
     }
@@ -88,11 +97,12 @@ pub async fn start_unsynced(extra: &[&str]) -> Running {
     let listeners = Listeners::bind(&config).expect("binding port-0 sockets");
     let dns = listeners.dns.addrs()[0];
     let admin = listeners.admin_addr().expect("admin listener");
+    let grpc = listeners.grpc_addr().expect("gRPC listener");
     let authority = Authority::new(config);
     let store = authority.store();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(authority.run(listeners, shutdown.clone()));
-    Running { dns, admin, store, shutdown, task }
+    Running { dns, admin, grpc, store, shutdown, task }
 }
 
 /// GET an admin path; returns (status, body).
