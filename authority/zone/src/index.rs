@@ -375,6 +375,37 @@ pub(crate) enum Contribution {
     Record { owner: Name, rtype: RecordType, ttl: u32, data: Data },
 }
 
+impl Contribution {
+    pub(crate) fn owner(&self) -> &Name {
+        match self {
+            Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
+        }
+    }
+}
+
+/// A multiset difference: an object may contribute one record twice (an address in two slices),
+/// and each copy holds a reference.
+fn delta<'c>(old: &'c [Contribution], new: &'c [Contribution]) -> HashMap<&'c Contribution, i64> {
+    let mut delta: HashMap<&Contribution, i64> = HashMap::new();
+    for c in old {
+        *delta.entry(c).or_default() -= 1;
+    }
+    for c in new {
+        *delta.entry(c).or_default() += 1;
+    }
+    delta.retain(|_, n| *n != 0);
+    delta
+}
+
+fn owners(delta: &HashMap<&Contribution, i64>) -> BTreeSet<String> {
+    delta.keys().map(|c| c.owner().to_ascii()).collect()
+}
+
+/// The owner names whose contributions differ between `old` and `new`.
+pub(crate) fn changed_owners(old: &[Contribution], new: &[Contribution]) -> BTreeSet<String> {
+    owners(&delta(old, new))
+}
+
 impl ZoneIndex {
     /// An index with the fixed records only (apex, `dns-version`), used before a source has loaded.
     pub fn empty(config: &ZoneConfig) -> Self {
@@ -430,31 +461,23 @@ impl ZoneIndex {
     }
 
     fn add(&mut self, c: &Contribution) {
-        let owner = match c {
-            Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
-        };
-        if let Some(zone) = self.zone_for_mut(owner) {
+        if let Some(zone) = self.zone_for_mut(c.owner()) {
             zone.add(c);
         }
     }
 
     /// Applies a change: `old` contributions are taken back, `new` ones added, and the serial set.
-    /// Contributions present in both are left alone.
-    pub(crate) fn patch(&mut self, old: &[Contribution], new: &[Contribution], serial: u32) {
-        // A multiset difference: an object may contribute one record twice (an address in two
-        // slices), and each copy holds a reference.
-        let mut delta: HashMap<&Contribution, i64> = HashMap::new();
-        for c in old {
-            *delta.entry(c).or_default() -= 1;
-        }
-        for c in new {
-            *delta.entry(c).or_default() += 1;
-        }
+    /// Contributions present in both are left alone. Returns the owner names whose records
+    /// changed (lower case, absolute).
+    pub(crate) fn patch(
+        &mut self,
+        old: &[Contribution],
+        new: &[Contribution],
+        serial: u32,
+    ) -> BTreeSet<String> {
+        let delta = delta(old, new);
         for (c, n) in delta.iter().filter(|(_, n)| **n < 0) {
-            let owner = match c {
-                Contribution::Pin(o) | Contribution::Record { owner: o, .. } => o,
-            };
-            if let Some(zone) = self.zone_for_mut(owner) {
+            if let Some(zone) = self.zone_for_mut(c.owner()) {
                 for _ in 0..n.unsigned_abs() {
                     zone.remove(c);
                 }
@@ -466,6 +489,7 @@ impl ZoneIndex {
             }
         }
         self.set_serial(serial);
+        owners(&delta)
     }
 
     pub(crate) fn set_serial(&mut self, serial: u32) {
@@ -562,7 +586,8 @@ pub(crate) fn default_reverse_cidrs(state: &ClusterState) -> Vec<IpNet> {
             ips.extend(list);
         }
     }
-    for slice in state.slices.values() {
+    // A slice labelled for no Service contributes nothing, so it derives no zone.
+    for slice in state.slices.values().filter(|s| s.service.is_some()) {
         for e in &slice.endpoints {
             ips.extend(&e.addresses);
         }

@@ -7,11 +7,13 @@
 //! - [`file`]: cluster-file text (`kubectl get -o yaml`) into model objects, errors naming the field;
 //! - [`file_source`]: loads that file into the store and reloads it when it changes;
 //! - [`store`]: holds the model and swaps in a freshly built index on every change;
+//! - [`feed`]: per-node pod tables and the change log node agents follow (Subscribe);
 //! - [`index`]: every record of the cluster and reverse zones, as trees of labels;
 //! - [`engine`]: a question against the index, the records of the answer out;
 //! - [`handler`]: wire bytes in, wire bytes out (header checks, rcodes, EDNS0, TC, AXFR).
 
 pub mod engine;
+pub mod feed;
 pub mod file;
 pub mod file_source;
 pub mod handler;

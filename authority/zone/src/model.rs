@@ -237,6 +237,30 @@ impl ClusterState {
         }
     }
 
+    /// Whether the state holds `object` exactly as it is.
+    pub fn holds(&self, object: &Object) -> bool {
+        let key = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+        match object {
+            Object::Namespace(n) => self.namespaces.get(&n.name) == Some(n),
+            Object::Service(s) => self.services.get(&key(&s.namespace, &s.name)) == Some(s),
+            Object::EndpointSlice(s) => self.slices.get(&key(&s.namespace, &s.name)) == Some(s),
+            Object::Pod(p) => self.pods.get(&key(&p.namespace, &p.name)) == Some(p),
+        }
+    }
+
+    /// `(namespace, name)` of every object of `kind` (namespace `""` for Namespaces).
+    pub fn keys(&self, kind: Kind) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
+        fn namespaced((ns, name): &ObjectKey) -> (&str, &str) {
+            (ns, name)
+        }
+        match kind {
+            Kind::Namespace => Box::new(self.namespaces.keys().map(|n| ("", n.as_str()))),
+            Kind::Service => Box::new(self.services.keys().map(namespaced)),
+            Kind::EndpointSlice => Box::new(self.slices.keys().map(namespaced)),
+            Kind::Pod => Box::new(self.pods.keys().map(namespaced)),
+        }
+    }
+
     /// Number of stored objects per kind, in the order Namespace, Service, EndpointSlice, Pod.
     pub fn counts(&self) -> [(Kind, usize); 4] {
         [

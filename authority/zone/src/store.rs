@@ -6,17 +6,18 @@
 //! contributions are taken back and its new ones added, so a change costs time in proportion to
 //! what it touches, not to the size of the cluster.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::index::{Contribution, Contributions, IndexStats, ZoneConfig, ZoneIndex};
-use crate::model::{ClusterState, Kind, Object, ObjectKey, ServiceKind};
+use crate::feed::{Feed, Gap, Pending, Snapshot, Update};
+use crate::index::{Contribution, Contributions, IndexStats, ZoneConfig, ZoneIndex, changed_owners};
+use crate::model::{ClusterState, Kind, Object, ObjectKey, Pod, ServiceKind};
 
 /// What one publication did, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,10 +109,72 @@ impl Affected {
                         a.pods.insert((namespace.clone(), name.clone()));
                     }
                 },
-                Edit::Replace { .. } => {}
+                Edit::Replace { kind, namespace, objects } => {
+                    let in_scope = |ns: &str| namespace.as_deref().is_none_or(|s| s == ns);
+                    let mut listed: HashSet<(&str, &str)> = HashSet::new();
+                    for object in objects {
+                        let (ns, name) = match object {
+                            Object::Namespace(n) => ("", n.name.as_str()),
+                            Object::Service(s) => (s.namespace.as_str(), s.name.as_str()),
+                            Object::EndpointSlice(s) => (s.namespace.as_str(), s.name.as_str()),
+                            Object::Pod(p) => (p.namespace.as_str(), p.name.as_str()),
+                        };
+                        listed.insert((ns, name));
+                        if !state.holds(object) {
+                            a.extend(&[Edit::Apply(object.clone())], state);
+                        }
+                    }
+                    let gone: Vec<Edit> = state
+                        .keys(*kind)
+                        .filter(|(ns, name)| {
+                            let scope = if *kind == Kind::Namespace { name } else { ns };
+                            in_scope(scope) && !listed.contains(&(ns, name))
+                        })
+                        .map(|(ns, name)| Edit::Delete {
+                            kind: *kind,
+                            namespace: ns.to_owned(),
+                            name: name.to_owned(),
+                        })
+                        .collect();
+                    a.extend(&gone, state);
+                }
             }
         }
         a
+    }
+
+    fn extend(&mut self, edits: &[Edit], state: &ClusterState) {
+        let more = Affected::of(state, edits);
+        self.namespaces.extend(more.namespaces);
+        self.services.extend(more.services);
+        self.pods.extend(more.pods);
+    }
+
+    /// Every object that differs between two states.
+    fn between(old: &ClusterState, new: &ClusterState) -> Self {
+        fn differing<'m, K: Ord + Clone, V: PartialEq>(
+            a: &'m BTreeMap<K, V>,
+            b: &'m BTreeMap<K, V>,
+        ) -> impl Iterator<Item = &'m K> {
+            let changed = a.iter().filter(|(k, v)| b.get(k) != Some(v)).map(|(k, _)| k);
+            changed.chain(b.keys().filter(|k| !a.contains_key(k)))
+        }
+        let mut a = Affected::default();
+        a.namespaces.extend(differing(&old.namespaces, &new.namespaces).cloned());
+        a.services.extend(differing(&old.services, &new.services).cloned());
+        for key in differing(&old.slices, &new.slices) {
+            for state in [old, new] {
+                if let Some(svc) = state.slices.get(key).and_then(|s| s.service.clone()) {
+                    a.services.insert((key.0.clone(), svc));
+                }
+            }
+        }
+        a.pods.extend(differing(&old.pods, &new.pods).cloned());
+        a
+    }
+
+    fn pods(&self, state: &ClusterState) -> BTreeMap<ObjectKey, Pod> {
+        self.pods.iter().filter_map(|k| Some((k.clone(), state.pods.get(k)?.clone()))).collect()
     }
 
     fn contributions(&self, state: &ClusterState, c: &Contributions<'_>) -> Vec<Contribution> {
@@ -171,23 +234,40 @@ struct Inner {
     working: ZoneIndex,
 }
 
+/// What a batch of edits changes, taken before it is applied.
+struct Before {
+    affected: Affected,
+    contributions: Vec<Contribution>,
+    pods: BTreeMap<ObjectKey, Pod>,
+}
+
 pub struct ClusterStore {
     config: ZoneConfig,
     inner: Mutex<Inner>,
     index: ArcSwap<ZoneIndex>,
     generation: watch::Sender<u64>,
     synced: AtomicBool,
+    /// Node pod tables and the change log. Its own lock, taken only briefly, so subscribers never
+    /// wait for an index build.
+    feed: RwLock<Feed>,
+}
+
+fn zone_names(index: &ZoneIndex) -> Vec<String> {
+    index.zones().map(|(apex, _)| apex.to_ascii()).collect()
 }
 
 impl ClusterStore {
     pub fn new(config: ZoneConfig) -> Arc<Self> {
         let index = ZoneIndex::empty(&config);
+        let domain = config.cluster_domain.to_lowercase().to_ascii();
+        let feed = Feed::new(domain.trim_end_matches('.').to_owned(), zone_names(&index));
         Arc::new(Self {
             inner: Mutex::new(Inner { state: ClusterState::default(), working: index.clone() }),
             config,
             index: ArcSwap::from_pointee(index),
             generation: watch::channel(0).0,
             synced: AtomicBool::new(false),
+            feed: RwLock::new(feed),
         })
     }
 
@@ -206,9 +286,31 @@ impl ClusterStore {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// Notifies on every index swapped in (the value is the generation).
+    /// Notifies on every index swapped in (the value is the generation). The feed already holds
+    /// the change when the notification arrives.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The revision of the current index: the generation, tagged with this instance's epoch so
+    /// revisions of different authority instances never match.
+    pub fn revision(&self) -> u64 {
+        self.feed().revision()
+    }
+
+    /// The pod table of `node` and the zones, at the current revision.
+    pub fn node_snapshot(&self, node: &str) -> Snapshot {
+        self.feed().snapshot(node)
+    }
+
+    /// What changed for `node` after `revision` (see [`Feed::since`]).
+    pub fn changes_since(&self, revision: u64, node: &str) -> Result<Update, Gap> {
+        self.feed().since(revision, node)
+    }
+
+    /// Nodes with at least one pod address in the tables.
+    pub fn node_count(&self) -> usize {
+        self.feed().node_count()
     }
 
     /// Object counts per kind of the current state.
@@ -224,48 +326,85 @@ impl ClusterStore {
 
     /// [`ClusterStore::replace`] with a state assembled elsewhere (the end of an initial list).
     pub fn replace_state(&self, new: ClusterState) -> Option<Published> {
+        let started = Instant::now();
         let mut inner = self.lock();
-        if inner.state == new && self.is_synced() {
+        if !self.is_synced() {
+            // The first complete cluster: no agent follows an earlier one, so no diff.
+            inner.state = new;
+            inner.working = ZoneIndex::build(&inner.state, &self.config, self.next_serial());
+            let index = Arc::new(inner.working.clone());
+            return Some(self.publish(index, true, started, false, Pending::Reset(&inner.state)));
+        }
+        if inner.state == new {
             return None;
         }
+        let affected = Affected::between(&inner.state, &new);
+        let before = self.before(&inner, affected);
         inner.state = new;
-        Some(self.rebuild(&mut inner, true))
+        Some(self.finish(&mut inner, before, true, started))
     }
 
     /// Applies a batch of changes: patched in place when every edit is about single objects,
     /// rebuilt when a whole kind is replaced or a new address falls outside the reverse zones
-    /// derived so far.
+    /// derived so far. Either way the feed learns exactly which owner names and pods changed.
     pub fn edit(&self, edits: Vec<Edit>) -> Published {
         let started = Instant::now();
         let mut inner = self.lock();
-        if edits.iter().any(|e| matches!(e, Edit::Replace { .. })) {
-            for e in edits {
-                e.apply_to(&mut inner.state);
-            }
-            return self.rebuild(&mut inner, false);
-        }
-        let affected = Affected::of(&inner.state, &edits);
-        let reverse = inner.working.reverse_cidrs.clone();
-        let contributions = Contributions::new(&self.config, &reverse);
-        let old = affected.contributions(&inner.state, &contributions);
+        let replace = edits.iter().any(|e| matches!(e, Edit::Replace { .. }));
+        let before = self.before(&inner, Affected::of(&inner.state, &edits));
         for e in edits {
             e.apply_to(&mut inner.state);
         }
         let uncovered = self.config.reverse_cidrs.is_none()
-            && affected.addresses(&inner.state).iter().any(|ip| !inner.working.covers(ip));
-        if uncovered {
-            return self.rebuild(&mut inner, false);
+            && before.affected.addresses(&inner.state).iter().any(|ip| !inner.working.covers(ip));
+        self.finish(&mut inner, before, replace || uncovered, started)
+    }
+
+    fn before(&self, inner: &Inner, affected: Affected) -> Before {
+        let contributions = Contributions::new(&self.config, &inner.working.reverse_cidrs);
+        Before {
+            contributions: affected.contributions(&inner.state, &contributions),
+            pods: affected.pods(&inner.state),
+            affected,
         }
-        let new = affected.contributions(&inner.state, &contributions);
+    }
+
+    /// With `inner.state` changed: rebuilds or patches the index, then publishes the change.
+    fn finish(&self, inner: &mut Inner, mut before: Before, rebuild: bool, started: Instant) -> Published {
         let serial = self.next_serial();
-        inner.working.patch(&old, &new, serial);
-        self.publish(Arc::new(inner.working.clone()), false, started, true)
+        if rebuild {
+            inner.working = ZoneIndex::build(&inner.state, &self.config, serial);
+        }
+        let reverse = inner.working.reverse_cidrs.clone();
+        let contributions = Contributions::new(&self.config, &reverse);
+        let new = before.affected.contributions(&inner.state, &contributions);
+        let names: BTreeSet<String> = if rebuild {
+            changed_owners(&before.contributions, &new)
+        } else {
+            inner.working.patch(&before.contributions, &new, serial)
+        };
+        let pods = before
+            .affected
+            .pods
+            .iter()
+            .map(|k| (k.clone(), before.pods.remove(k), inner.state.pods.get(k).cloned()))
+            .collect();
+        let index = Arc::new(inner.working.clone());
+        self.publish(index, false, started, !rebuild, Pending::Changes { names, pods })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent state (every change is a whole
         // insert/remove), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn feed(&self) -> RwLockReadGuard<'_, Feed> {
+        self.feed.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn feed_mut(&self) -> RwLockWriteGuard<'_, Feed> {
+        self.feed.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// SOA serials only grow (RFC 1982): seconds since the epoch, or one more than the last.
@@ -275,26 +414,28 @@ impl ClusterStore {
         u32::try_from(now).unwrap_or(u32::MAX).max(previous.wrapping_add(1))
     }
 
-    fn rebuild(&self, inner: &mut Inner, synced: bool) -> Published {
-        let started = Instant::now();
-        inner.working = ZoneIndex::build(&inner.state, &self.config, self.next_serial());
-        self.publish(Arc::new(inner.working.clone()), synced, started, false)
-    }
-
-    /// Swaps in `index`, marks the store synced if `synced`, then notifies: whoever wakes on the
-    /// new generation sees the index and the readiness it implies.
-    fn publish(&self, index: Arc<ZoneIndex>, synced: bool, started: Instant, incremental: bool) -> Published {
+    /// Swaps in `index`, marks the store synced if `synced`, records the change in the feed,
+    /// then notifies: whoever wakes on the new generation sees the index, the readiness it
+    /// implies and the change.
+    fn publish(
+        &self,
+        index: Arc<ZoneIndex>,
+        synced: bool,
+        started: Instant,
+        incremental: bool,
+        pending: Pending<'_>,
+    ) -> Published {
         let stats = index.stats();
         let serial = index.serial();
+        let zones = zone_names(&index);
         self.index.store(index);
         if synced {
             self.synced.store(true, Ordering::Release);
         }
-        let mut generation = 0;
-        self.generation.send_modify(|g| {
-            *g += 1;
-            generation = *g;
-        });
+        // Writers are serialised by the state lock, so the next generation is known here.
+        let generation = *self.generation.borrow() + 1;
+        self.feed_mut().record(generation, zones, pending);
+        self.generation.send_replace(generation);
         Published { generation, serial, build_time: started.elapsed(), stats, incremental }
     }
 }

@@ -1,15 +1,18 @@
 //! Incremental index updates must give exactly the zones a full build gives: random batches of
 //! object changes are applied through `ClusterStore::edit` and compared, record for record, with
-//! `ZoneIndex::build` of the same state after every batch.
+//! `ZoneIndex::build` of the same state after every batch. The change feed agents follow is
+//! checked the same way: every owner whose records changed is named, and a node's table kept up
+//! to date from updates equals a fresh snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use hickory_proto::rr::RecordType;
 use nodedns_testsupport::corpus::present;
+use nodedns_zone::feed::PodEntry;
 use nodedns_zone::model::{
-    ClusterState, DnsPolicy, Endpoint, EndpointSlice, Kind, Namespace, Object, Pod, PodPhase, Port, Protocol,
-    Service, ServiceKind,
+    ClusterState, DnsPolicy, Endpoint, EndpointSlice, Kind, Namespace, Object, Pod, PodDnsConfig, PodPhase,
+    Port, Protocol, Service, ServiceKind,
 };
 use nodedns_zone::store::Edit;
 use nodedns_zone::{ClusterStore, PodsMode, ZoneConfig, ZoneIndex};
@@ -85,19 +88,29 @@ fn random_object(r: &mut Rng) -> Object {
                 endpoints,
             })
         }
-        _ => Object::Pod(Pod {
-            namespace: ns,
-            name: format!("p{}", r.below(6)),
-            ips: vec![ip(r)],
-            phase: if r.below(5) == 0 { PodPhase::Succeeded } else { PodPhase::Running },
-            node_name: None,
-            hostname: None,
-            subdomain: None,
-            host_network: false,
-            dns_policy: DnsPolicy::ClusterFirst,
-            dns_config: None,
-            terminating: false,
+        _ => Object::Pod(random_pod(r, ns)),
+    }
+}
+
+fn random_pod(r: &mut Rng, namespace: String) -> Pod {
+    let dns_policy =
+        *r.pick(&[DnsPolicy::ClusterFirst, DnsPolicy::ClusterFirst, DnsPolicy::Default, DnsPolicy::None]);
+    Pod {
+        namespace,
+        name: format!("p{}", r.below(6)),
+        ips: vec![ip(r)],
+        phase: if r.below(5) == 0 { PodPhase::Succeeded } else { PodPhase::Running },
+        node_name: r.pick(&[Some("n1"), Some("n2"), None]).map(str::to_owned),
+        hostname: None,
+        subdomain: None,
+        host_network: r.below(6) == 0,
+        dns_policy,
+        dns_config: (r.below(4) == 0).then(|| PodDnsConfig {
+            nameservers: Vec::new(),
+            searches: vec!["corp.example".into()],
+            options: vec![("ndots".into(), Some(r.below(6).to_string()))],
         }),
+        terminating: r.below(8) == 0,
     }
 }
 
@@ -190,6 +203,133 @@ fn incremental_matches_full_build_with_derived_reverse_zones_and_other_pod_modes
             for (apex, lines) in &want {
                 assert_eq!(got.get(apex), Some(lines), "step {step} (seed {seed}) zone {apex}");
             }
+        }
+    }
+}
+
+/// Every record of every zone by owner name (SOA left out).
+fn by_owner(index: &ZoneIndex) -> BTreeMap<String, Vec<String>> {
+    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for lines in dump(index).into_values() {
+        for line in lines {
+            let owner = line.split(' ').next().unwrap_or_default().to_ascii_lowercase();
+            owners.entry(owner).or_default().push(line);
+        }
+    }
+    owners
+}
+
+fn under(name: &str, apex: &str) -> bool {
+    name == apex || name.ends_with(&format!(".{apex}"))
+}
+
+/// What an agent keeps: its node's table and the revision it has applied.
+struct Agent {
+    node: &'static str,
+    revision: u64,
+    pods: BTreeMap<IpAddr, PodEntry>,
+}
+
+impl Agent {
+    fn start(store: &ClusterStore, node: &'static str) -> Self {
+        let snap = store.node_snapshot(node);
+        Agent {
+            node,
+            revision: snap.revision,
+            pods: snap.pods.iter().map(|p| (p.ip, (**p).clone())).collect(),
+        }
+    }
+
+    fn table(store: &ClusterStore, node: &str) -> BTreeMap<IpAddr, PodEntry> {
+        store.node_snapshot(node).pods.iter().map(|p| (p.ip, (**p).clone())).collect()
+    }
+}
+
+#[test]
+fn notices_name_every_changed_owner_and_agents_track_their_node() {
+    let fixed = ZoneConfig {
+        reverse_cidrs: Some(vec!["10.0.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()]),
+        ..Default::default()
+    };
+    for (seed, config) in [(11, fixed), (13, ZoneConfig::default())] {
+        let mut r = Rng(seed);
+        let store = ClusterStore::new(config);
+        store.replace(Vec::new());
+        let mut state = ClusterState::default();
+        let mut agents = [Agent::start(&store, "n1"), Agent::start(&store, "n2")];
+        let mut before = by_owner(&store.index());
+        let (mut named, mut pod_changes) = (0, 0);
+        for step in 0..300 {
+            let mut batch: Vec<Edit> = (0..=r.below(3)).map(|_| random_edit(&mut r)).collect();
+            if r.below(10) == 0 {
+                // A relist of pods, cluster-wide or in one namespace.
+                let namespace = (r.below(2) == 0).then(|| r.pick(&NAMESPACES).to_string());
+                let objects = (0..r.below(5))
+                    .map(|_| {
+                        let ns = namespace.clone().unwrap_or_else(|| r.pick(&NAMESPACES).to_string());
+                        Object::Pod(random_pod(&mut r, ns))
+                    })
+                    .collect();
+                batch.push(Edit::Replace { kind: Kind::Pod, namespace, objects });
+            }
+            for e in batch.clone() {
+                e.apply_to(&mut state);
+            }
+            store.edit(batch.clone());
+            let after = by_owner(&store.index());
+            let changed: BTreeSet<&String> =
+                before.keys().chain(after.keys()).filter(|o| before.get(*o) != after.get(*o)).collect();
+            for agent in &mut agents {
+                let update =
+                    store.changes_since(agent.revision, agent.node).expect("the log holds every step");
+                for owner in &changed {
+                    assert!(
+                        update.names.contains(*owner) || update.subtrees.iter().any(|s| under(owner, s)),
+                        "step {step} (seed {seed}): {owner} changed but was not named; batch {batch:#?}"
+                    );
+                }
+                named += update.names.len();
+                pod_changes += update.upserted.len() + update.removed.len();
+                for ip in &update.removed {
+                    agent.pods.remove(ip);
+                }
+                for e in &update.upserted {
+                    agent.pods.insert(e.ip, (**e).clone());
+                }
+                agent.revision = update.revision;
+                assert_eq!(
+                    agent.pods,
+                    Agent::table(&store, agent.node),
+                    "step {step} (seed {seed}) {}",
+                    agent.node
+                );
+            }
+            before = after;
+        }
+        assert!(
+            named > 100 && pod_changes > 50,
+            "the test exercised notices ({named}) and pods ({pod_changes})"
+        );
+        // The tables hold exactly the addresses of the Pending and Running pods placed on each
+        // node, each naming its first pod and marked shared when several use it.
+        for agent in &agents {
+            let mut want: BTreeMap<IpAddr, Vec<(String, String)>> = BTreeMap::new();
+            for pod in state.pods.values() {
+                let placed = pod.node_name.as_deref() == Some(agent.node);
+                if placed && matches!(pod.phase, PodPhase::Pending | PodPhase::Running) {
+                    for ip in &pod.ips {
+                        want.entry(*ip).or_default().push((pod.namespace.clone(), pod.name.clone()));
+                    }
+                }
+            }
+            let want: BTreeMap<IpAddr, ((String, String), bool)> =
+                want.into_iter().map(|(ip, pods)| (ip, (pods[0].clone(), pods.len() > 1))).collect();
+            let got: BTreeMap<IpAddr, ((String, String), bool)> = agent
+                .pods
+                .iter()
+                .map(|(ip, e)| (*ip, ((e.namespace.clone(), e.name.clone()), e.shared)))
+                .collect();
+            assert_eq!(got, want, "seed {seed} node {}", agent.node);
         }
     }
 }
