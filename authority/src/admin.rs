@@ -3,7 +3,6 @@
 
 use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct AdminState {
     pub store: Arc<ClusterStore>,
-    pub draining: Arc<AtomicBool>,
+    pub draining: CancellationToken,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -26,7 +25,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
-    if s.draining.load(Ordering::Acquire) {
+    if s.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !s.store.is_synced() {
         (StatusCode::SERVICE_UNAVAILABLE, "cluster not loaded yet\n")

@@ -8,7 +8,8 @@
 //!   `nodedns_zone::file_source`);
 //! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
 //!   (the bytes-to-bytes work is `nodedns_zone::serve`);
-//! - [`grpc`]: the `nodedns.v1.Authority` service for node agents (Resolve);
+//! - [`grpc`]: the `nodedns.v1.Authority` service for node agents (Resolve, Subscribe), from
+//!   the `nodedns-grpc` crate;
 //! - [`admin`]: `/health`, `/ready`, `/metrics`;
 //! - [`metrics`]: metric names and pre-registered handles.
 //!
@@ -18,13 +19,14 @@
 pub mod admin;
 pub mod config;
 pub mod dns;
-pub mod grpc;
 pub mod kube_source;
 pub mod metrics;
 
+/// The agents' gRPC service (a kube-free crate, so the agent's standalone mode shares it).
+pub use nodedns_grpc as grpc;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nodedns_zone::file_source::{FileSource, SourceError};
@@ -84,7 +86,8 @@ impl Listeners {
 pub struct Authority {
     config: Config,
     store: Arc<ClusterStore>,
-    draining: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins: `/ready` turns false and agents are told to move.
+    draining: CancellationToken,
 }
 
 impl Authority {
@@ -92,7 +95,7 @@ impl Authority {
         // Before anything records a metric: earlier values would go to the no-op recorder.
         metrics::prometheus();
         let store = ClusterStore::new(config.zone.clone());
-        Self { config, store, draining: Arc::new(AtomicBool::new(false)) }
+        Self { config, store, draining: CancellationToken::new() }
     }
 
     /// The store queries are answered from; tests subscribe to it to see reloads land.
@@ -141,7 +144,7 @@ impl Authority {
         self.serve(listeners, &tracker, &stop)?;
 
         shutdown.cancelled().await;
-        self.draining.store(true, Ordering::Release);
+        self.draining.cancel();
         info!(
             lameduck_s = self.config.lameduck.as_secs_f64(),
             "shutting down: /ready is false, still answering during lameduck"
@@ -212,7 +215,7 @@ impl Authority {
         if let Some(admin) = listeners.admin {
             let state = Arc::new(admin::AdminState {
                 store: Arc::clone(&self.store),
-                draining: Arc::clone(&self.draining),
+                draining: self.draining.clone(),
             });
             let stop = stop.clone();
             tracker.spawn(async move {
@@ -222,12 +225,16 @@ impl Authority {
             });
         }
         if let Some(listener) = listeners.grpc {
-            let service = grpc::Service {
-                store: Arc::clone(&self.store),
-                transfer_from: self.config.transfer_from.clone().into(),
-                draining: Arc::clone(&self.draining),
+            let shutdown = grpc::Shutdown {
+                draining: self.draining.clone(),
                 stop: stop.clone(),
+                lameduck: self.config.lameduck,
             };
+            let service = grpc::Service::new(
+                Arc::clone(&self.store),
+                self.config.transfer_from.clone().into(),
+                shutdown,
+            );
             let stop = stop.clone();
             tracker.spawn(async move {
                 if let Err(e) = grpc::serve_grpc(listener, service, stop).await {

@@ -68,6 +68,15 @@ fn describe() {
     describe_gauge!("nodedns_zone_serial", "SOA serial of the served zones.");
     describe_histogram!("nodedns_zone_build_seconds", "Time to rebuild the zone index after a change.");
     describe_gauge!("nodedns_store_objects", "Cluster objects stored, by kind.");
+    for (name, help) in nodedns_grpc::METRICS {
+        if name.ends_with("_total") {
+            describe_counter!(name, help);
+        } else if name.ends_with("_seconds") {
+            describe_histogram!(name, help);
+        } else {
+            describe_gauge!(name, help);
+        }
+    }
 }
 
 const TYPES: [(RecordType, &str); 11] = [

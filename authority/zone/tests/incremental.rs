@@ -275,7 +275,12 @@ fn notices_name_every_changed_owner_and_agents_track_their_node() {
             for e in batch.clone() {
                 e.apply_to(&mut state);
             }
-            store.edit(batch.clone());
+            if step % 7 == 0 {
+                // A file reload: the whole new state, diffed against the old one.
+                store.replace_state(state.clone());
+            } else {
+                store.edit(batch.clone());
+            }
             let after = by_owner(&store.index());
             let changed: BTreeSet<&String> =
                 before.keys().chain(after.keys()).filter(|o| before.get(*o) != after.get(*o)).collect();
