@@ -17,6 +17,8 @@ pub struct Shape {
     /// Ready endpoints per service (headless and ClusterIP alike).
     pub endpoints: usize,
     pub pods: usize,
+    /// Nodes the pods are spread over (`node0`, `node1`, ...).
+    pub nodes: usize,
 }
 
 fn service_ip(i: usize) -> Ipv4Addr {
@@ -61,7 +63,7 @@ pub fn objects(s: &Shape) -> Vec<Value> {
     for p in 0..s.pods {
         out.push(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("pod{p}"), "namespace": ns(p)},
-            "spec": {"nodeName": format!("node{}", p % 100), "containers": [{"name": "app", "image": "pause"}]},
+            "spec": {"nodeName": format!("node{}", p % s.nodes.max(1)), "containers": [{"name": "app", "image": "pause"}]},
             "status": {"phase": "Running", "podIP": pod_ip(p).to_string(), "podIPs": [{"ip": pod_ip(p).to_string()}]}}));
     }
     out
@@ -98,7 +100,8 @@ mod tests {
 
     #[test]
     fn generated_clusters_parse_into_the_expected_objects() {
-        let shape = Shape { namespaces: 3, services: 20, headless_every: 5, endpoints: 2, pods: 30 };
+        let shape =
+            Shape { namespaces: 3, services: 20, headless_every: 5, endpoints: 2, pods: 30, nodes: 4 };
         let parsed =
             nodedns_zone::file::parse_cluster(&cluster_yaml(&shape)).map_err(|e| e.to_string()).unwrap();
         let state = nodedns_zone::model::ClusterState::from_objects(parsed.objects);

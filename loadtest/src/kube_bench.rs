@@ -26,7 +26,7 @@ pub struct Options {
 }
 
 /// Stops the child on every exit path.
-struct Authority(Child);
+pub(crate) struct Authority(pub(crate) Child);
 
 impl Drop for Authority {
     fn drop(&mut self) {
@@ -35,11 +35,11 @@ impl Drop for Authority {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub(crate) fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
@@ -50,7 +50,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// `(VmRSS, VmHWM)` in MiB.
-fn rss(pid: u32) -> (f64, f64) {
+pub(crate) fn rss(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |key: &str| {
         status
@@ -89,7 +89,7 @@ fn lookup(sock: &UdpSocket, server: SocketAddr, name: &Name, id: u16) -> Option<
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -242,7 +242,7 @@ fn report(what: &str, latencies: &mut [f64]) {
 }
 
 /// User plus system CPU seconds the process has used.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();

@@ -5,6 +5,9 @@
 //!
 //! - [`cluster_gen`]: synthetic cluster YAML in the shape `kubectl get -o yaml` prints, plus a dnsperf
 //!   query file over its names.
+//! - [`kube_bench`]: the authority's API source at scale (sync time, memory, change latency).
+//! - [`fanout_bench`]: many simulated agents subscribed over gRPC: memory and notice fan-out time.
 
 pub mod cluster_gen;
+pub mod fanout_bench;
 pub mod kube_bench;

@@ -1,6 +1,8 @@
 //! `nodedns-load`: benchmark helpers. Subcommands:
 //! - `gen-cluster`: write a synthetic cluster file and a dnsperf query file;
 //! - `zone-memory`: build the zone index of a cluster file and report its heap size;
+//! - `kube-bench`: the authority against the fake API server: sync, memory, change latency;
+//! - `fanout-bench`: many simulated agents subscribed: memory and notice fan-out time;
 //! - `query`: ask one question and print the answer (a dig stand-in for the README demo).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -63,12 +65,15 @@ struct ShapeArgs {
     /// Ready endpoints per service.
     #[arg(long, default_value_t = 5)]
     endpoints: usize,
+    /// Nodes the pods are spread over.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
 }
 
 impl ShapeArgs {
     fn with_pods(&self, pods: usize) -> cluster_gen::Shape {
-        let ShapeArgs { services, namespaces, headless_every, endpoints } = *self;
-        cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods }
+        let ShapeArgs { services, namespaces, headless_every, endpoints, nodes } = *self;
+        cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods, nodes }
     }
 }
 
@@ -120,6 +125,23 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         churn_rate: u32,
     },
+    /// Run the authority binary against the fake API server, subscribe many simulated agents over
+    /// gRPC and measure the authority's memory and how long a Service change takes to reach all.
+    FanoutBench {
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// Running pods.
+        #[arg(long, default_value_t = 50_000)]
+        pods: usize,
+        /// Simulated agents (one Subscribe stream and connection each; node i mod --nodes).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Service changes timed.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        #[arg(long, default_value = "target/release/nodedns-authority")]
+        authority: PathBuf,
+    },
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -159,6 +181,16 @@ fn main() -> anyhow::Result<()> {
                 authority,
                 changes,
                 churn_rate,
+            }))?;
+        }
+        Command::FanoutBench { shape, pods, agents, changes, authority } => {
+            let shape = shape.with_pods(pods);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(nodedns_load::fanout_bench::run(nodedns_load::fanout_bench::Options {
+                shape,
+                authority,
+                agents,
+                changes,
             }))?;
         }
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
