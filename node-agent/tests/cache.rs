@@ -1,0 +1,186 @@
+//! The cache against real responses: the zone engine answers the conformance fixture, the cache
+//! stores those bytes, and hits are checked by parsing what a client would receive. The clock is
+//! passed in, so aging and expiry need no sleeping.
+
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use nodedns_agent::cache::{Cache, Limits, Lookup, STALE_TTL};
+use nodedns_agent::wire::{self, Query};
+use nodedns_testsupport::client::build;
+use nodedns_testsupport::shared_dir;
+use nodedns_zone::file::parse_cluster;
+use nodedns_zone::model::ClusterState;
+use nodedns_zone::{Context, Transport, ZoneConfig, ZoneIndex, serve};
+
+fn index() -> ZoneIndex {
+    let text = std::fs::read_to_string(shared_dir().join("conformance/cluster.yaml")).unwrap();
+    let state = ClusterState::from_objects(parse_cluster(&text).unwrap().objects);
+    ZoneIndex::build(&state, &ZoneConfig { ttl: 30, ..Default::default() }, 1)
+}
+
+/// A query's bytes, key and parse.
+fn query(name: &str, qtype: &str, id: u16, edns: Option<u16>) -> (Vec<u8>, Vec<u8>, Query) {
+    let bytes = build(name, qtype, id, edns).unwrap().bytes;
+    let mut key = Vec::new();
+    let q = wire::parse_query(&bytes, &mut key).unwrap();
+    (bytes, key, q)
+}
+
+fn answer(index: &ZoneIndex, bytes: &[u8]) -> Vec<u8> {
+    let ctx = Context {
+        transport: Transport::Udp,
+        client: [127, 0, 0, 1].into(),
+        transfer_from: &[],
+        describe: false,
+    };
+    serve(index, bytes, &ctx).messages.remove(0)
+}
+
+/// Stores the authority's answer to `name`/`qtype`; returns the key.
+fn cached(cache: &Cache, index: &ZoneIndex, name: &str, qtype: &str, now: Instant) -> Vec<u8> {
+    let (bytes, key, _) = query(name, qtype, 1, Some(1232));
+    assert!(cache.insert(&key, &answer(index, &bytes), now, true).is_some(), "{name} {qtype} is cacheable");
+    key
+}
+
+fn fresh(cache: &Cache, key: &[u8], now: Instant) -> bool {
+    matches!(cache.lookup(key, now), Lookup::Fresh(_))
+}
+
+#[test]
+fn a_hit_rewrites_id_case_and_aged_ttls_only() {
+    let index = index();
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    cached(&cache, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    let (bytes, key, q) = query("SVC1.TestNS.svc.cluster.local.", "A", 0xbeef, None);
+    let Lookup::Fresh(entry) = cache.lookup(&key, t0 + Duration::from_secs(12)) else { panic!("a hit") };
+    let mut out = Vec::new();
+    entry.write(&bytes, &q, t0 + Duration::from_secs(12), false, true, &mut out);
+    let msg = Message::from_vec(&out).unwrap();
+    assert_eq!(msg.metadata.id, 0xbeef);
+    assert_eq!(msg.queries[0].name().to_string(), "SVC1.TestNS.svc.cluster.local.", "the client's case");
+    assert_eq!(msg.answers.len(), 1);
+    assert_eq!(msg.answers[0].ttl, 18, "30 s aged by 12");
+    assert!(msg.edns.is_none(), "no OPT for a client that sent none");
+    // The same bytes as the authority's, but for id, case and TTL.
+    let mut fresh_answer = answer(&index, &bytes);
+    assert_eq!(out.len(), fresh_answer.len());
+    let ttl_at = out.len() - 10;
+    fresh_answer[ttl_at..ttl_at + 4].copy_from_slice(&18u32.to_be_bytes());
+    assert_eq!(out, fresh_answer, "byte for byte what the authority sends now, but for the aged TTL");
+
+    // An EDNS client gets an OPT record back, with its DO bit.
+    let (bytes, key2, q) = query("svc1.testns.svc.cluster.local.", "A", 7, Some(4096));
+    assert_eq!(key, key2, "EDNS without DO shares the entry");
+    entry.write(&bytes, &q, t0, false, true, &mut out);
+    assert!(Message::from_vec(&out).unwrap().edns.is_some());
+}
+
+#[test]
+fn negative_answers_live_for_the_soa_minimum_then_go_stale_then_miss() {
+    let index = index();
+    let limits = Limits { stale_for: Duration::from_secs(60), ..Limits::default() };
+    let cache = Cache::new(limits);
+    let t0 = Instant::now();
+    let key = cached(&cache, &index, "nope.testns.svc.cluster.local.", "A", t0);
+    let Lookup::Fresh(e) = cache.lookup(&key, t0) else { panic!("fresh") };
+    assert!(e.negative);
+    assert_eq!(e.remaining(t0), 30, "min(SOA TTL, SOA MINIMUM), RFC 2308 section 5");
+    assert!(fresh(&cache, &key, t0 + Duration::from_secs(29)));
+    let Lookup::Stale(e) = cache.lookup(&key, t0 + Duration::from_secs(31)) else { panic!("stale") };
+    let (bytes, _, q) = query("nope.testns.svc.cluster.local.", "A", 9, None);
+    let mut out = Vec::new();
+    e.write(&bytes, &q, t0 + Duration::from_secs(31), true, true, &mut out);
+    let msg = Message::from_vec(&out).unwrap();
+    assert_eq!(msg.metadata.response_code, ResponseCode::NXDomain);
+    assert!(msg.authorities.iter().all(|r| r.ttl == STALE_TTL), "stale answers carry 30 s (RFC 8767)");
+    assert!(matches!(cache.lookup(&key, t0 + Duration::from_secs(91)), Lookup::Miss));
+}
+
+#[test]
+fn ttl_caps_and_what_is_not_cached() {
+    let index = index();
+    let t0 = Instant::now();
+    let capped = Cache::new(Limits { max_ttl: 4, ..Limits::default() });
+    let key = cached(&capped, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    assert!(
+        fresh(&capped, &key, t0 + Duration::from_secs(3))
+            && !fresh(&capped, &key, t0 + Duration::from_secs(4))
+    );
+    let floored = Cache::new(Limits { min_ttl: 120, ..Limits::default() });
+    let key = cached(&floored, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    assert!(fresh(&floored, &key, t0 + Duration::from_secs(100)));
+
+    let cache = Cache::new(Limits::default());
+    let (bytes, key, q) = query("svc1.testns.svc.cluster.local.", "A", 1, None);
+    let mut servfail = Vec::new();
+    wire::error_response(&bytes, Some(&q), 2, &mut servfail);
+    assert!(cache.insert(&key, &servfail, t0, false).is_none(), "SERVFAIL is not cached");
+    let mut truncated = answer(&index, &bytes);
+    truncated[2] |= 0x02;
+    assert!(cache.insert(&key, &truncated, t0, false).is_none(), "TC is not cached");
+    assert!(cache.insert(&key, &[1, 2, 3], t0, false).is_none(), "garbage is not cached");
+}
+
+#[test]
+fn change_notices_evict_exactly_the_answers_they_make_wrong() {
+    let index = index();
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    let svc = cached(&cache, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    let srv = cached(&cache, &index, "_http._tcp.svc1.testns.svc.cluster.local.", "SRV", t0);
+    let other = cached(&cache, &index, "svc2.testns.svc.cluster.local.", "A", t0);
+    let below = cached(&cache, &index, "x.y.nope.testns.svc.cluster.local.", "A", t0);
+    let above = cached(&cache, &index, "_tcp.fresh.testns.svc.cluster.local.", "A", t0);
+    let ext = cached(&cache, &index, "external.testns.svc.cluster.local.", "A", t0);
+    let external = {
+        // An upstream's NXDOMAIN (no SOA: cached for 5 s).
+        let (bytes, key, q) = query("example.com.", "A", 1, None);
+        let mut out = Vec::new();
+        wire::error_response(&bytes, Some(&q), 3, &mut out);
+        assert!(cache.insert(&key, &out, t0, false).is_some());
+        key
+    };
+    // svc1's address changed: its A answer goes, and so does the SRV answer, whose target is
+    // svc1 and whose additional section holds svc1's A record.
+    let evicted = cache.evict_names(["svc1.testns.svc.cluster.local."]);
+    assert!(evicted >= 1);
+    assert!(!fresh(&cache, &svc, t0), "the answer owned by the changed name");
+    assert!(fresh(&cache, &other, t0), "another service's answer stays");
+    assert!(!fresh(&cache, &srv, t0), "answers holding the name in any section go");
+    // A new service `nope` appears: negative answers below it go.
+    cache.evict_names(["nope.testns.svc.cluster.local."]);
+    assert!(!fresh(&cache, &below, t0));
+    // `_http._tcp.fresh` appears: the NXDOMAIN cached for its parent `_tcp.fresh` is now wrong.
+    cache.evict_names(["_http._tcp.fresh.testns.svc.cluster.local."]);
+    assert!(!fresh(&cache, &above, t0));
+    assert!(fresh(&cache, &ext, t0), "unrelated cluster answers stay");
+    // An ExternalName's target changing is the service's own record: notified by its owner.
+    cache.evict_names(["external.testns.svc.cluster.local."]);
+    assert!(!fresh(&cache, &ext, t0));
+    // Subtrees: everything cluster under them, nothing else.
+    let svc = cached(&cache, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    assert_eq!(cache.evict_subtrees(&["cluster.local.".to_owned()]), 2, "svc1 and svc2");
+    assert!(!fresh(&cache, &svc, t0));
+    assert!(fresh(&cache, &external, t0), "upstream answers are never evicted by notices");
+}
+
+#[test]
+fn the_byte_bound_holds_under_a_flood_of_unique_names() {
+    let index = index();
+    let cache = Cache::new(Limits { max_bytes: 64 << 10, ..Limits::default() });
+    let t0 = Instant::now();
+    for i in 0..5000 {
+        cached(&cache, &index, &format!("n{i}.testns.svc.cluster.local."), "A", t0);
+    }
+    cache.sync();
+    assert!(cache.weighted_size() <= 64 << 10, "{} bytes", cache.weighted_size());
+    assert!(cache.entry_count() > 50 && cache.entry_count() < 5000, "{} entries", cache.entry_count());
+    // Evicted entries left the notice index: a notice for all of them finds only live ones.
+    let names: Vec<String> = (0..5000).map(|i| format!("n{i}.testns.svc.cluster.local.")).collect();
+    let live = cache.entry_count();
+    let evicted = cache.evict_names(names.iter().map(String::as_str));
+    assert_eq!(evicted as u64, live);
+}
