@@ -39,7 +39,5 @@ pub async fn serve(
     state: Arc<AdminState>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+    nodedns_common::process::serve_admin(listener, router(state), stop).await
 }

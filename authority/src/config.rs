@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
+pub use nodedns_common::config::{ConfigError, LogFormat};
+use nodedns_common::config::{invalid, list, read_yaml, seconds};
 use nodedns_zone::{PodsMode, ZoneConfig};
 use serde::Deserialize;
 
@@ -121,12 +123,6 @@ pub struct FileConfig {
     pub log_format: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -146,33 +142,9 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// A setting that cannot be used, named as the operator wrote it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
-}
-
-fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| invalid(key, format!("{value} is not a number of seconds >= 0")))
-}
-
 /// Reads a YAML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string() })?;
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    serde_saphyr::from_str(&text)
-        .map_err(|e| ConfigError::File { path: path.to_owned(), message: e.to_string().replace('\n', " ") })
+    read_yaml(path)
 }
 
 impl Config {
@@ -182,10 +154,6 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        fn list<T: Clone>(flag: &[T], file: Option<Vec<T>>) -> Vec<T> {
-            if flag.is_empty() { file.unwrap_or_default() } else { flag.to_vec() }
-        }
-
         let domain_text =
             args.cluster_domain.clone().or(file.cluster_domain).unwrap_or_else(|| "cluster.local".into());
         let bare = domain_text.trim_end_matches('.');
@@ -213,13 +181,7 @@ impl Config {
             ns_addresses = dns_listen.iter().map(SocketAddr::ip).filter(|ip| !ip.is_unspecified()).collect();
             ns_addresses.dedup();
         }
-        let log_format = match args.log_format.clone().or(file.log_format).as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid("log-format", format!("{other:?} is not text or json")));
-            }
-        };
+        let log_format = LogFormat::parse(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let tcp_max_connections = args.tcp_max_connections.or(file.tcp_max_connections).unwrap_or(1024);
         if tcp_max_connections == 0 {
             return Err(invalid("tcp-max-connections", "must be at least 1"));

@@ -3,7 +3,6 @@
 //! address is ever a label. Handles for the per-query counters are registered once, so counting a
 //! query is an atomic add, not a registry lookup.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -11,58 +10,20 @@ use hickory_proto::rr::RecordType;
 use metrics::{
     Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use nodedns_zone::Transport;
 use nodedns_zone::handler::DropReason;
 use nodedns_zone::store::Published;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let buckets =
-            [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&buckets)
-            .expect("static buckets are valid")
-            .build_recorder();
-        let handle = recorder.handle();
-        // Histogram samples pile up in the recorder until upkeep drains them into buckets
-        // (16 bytes per query otherwise). `install()` would spawn this on a runtime; a plain
-        // thread works whichever runtime, if any, the caller has.
-        let upkeep = handle.clone();
-        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(5));
-                upkeep.run_upkeep();
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the metrics upkeep thread; histograms will grow");
-        }
-        // Another recorder may already be installed (several servers in one test process): then
-        // this handle renders an empty registry, which only tests can observe.
-        let _ = metrics::set_global_recorder(recorder);
-        describe();
-        handle
-    })
+    nodedns_common::telemetry::prometheus(describe)
 }
 
 fn describe() {
-    describe_counter!(
-        "coredns_dns_requests_total",
-        "DNS requests by transport, address family and query type."
-    );
-    describe_counter!("coredns_dns_responses_total", "DNS responses by response code.");
-    describe_histogram!("coredns_dns_request_duration_seconds", "Time to answer a DNS request.");
-    describe_counter!("nodedns_dns_dropped_total", "Packets dropped without an answer, by reason.");
+    nodedns_common::telemetry::describe_dns_metrics();
     describe_counter!("nodedns_dns_truncated_total", "UDP responses cut to the client's size with TC set.");
     describe_counter!("nodedns_zone_transfers_total", "Zone transfer requests by result.");
-    describe_counter!(
-        "nodedns_tcp_rejected_total",
-        "TCP connections closed at accept because the cap was reached."
-    );
-    describe_gauge!("nodedns_tcp_connections", "Open DNS TCP connections.");
     describe_counter!("nodedns_cluster_file_reloads_total", "Cluster file (re)loads by result.");
     describe_gauge!("nodedns_zone_records", "Records in the served zones.");
     describe_gauge!("nodedns_zone_serial", "SOA serial of the served zones.");

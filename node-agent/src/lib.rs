@@ -1,12 +1,265 @@
-//! nodedns-agent: the per-node caching resolver with server-side autopath. It answers pods on a
-//! link-local address from its cache, sends cluster-domain misses to the authority over gRPC and
-//! other names upstream. It links no Kubernetes client: its standalone mode reuses
-//! `nodedns-zone` and `nodedns-grpc`.
+//! nodedns-agent: the per-node caching resolver. It answers pods on a link-local address from its
+//! cache, sends cluster-domain misses to the authority over one gRPC stream, and other names to
+//! stub domains or upstream resolvers. It links no Kubernetes client: its standalone mode runs
+//! the authority's gRPC service (`nodedns-grpc`) over a cluster file (`nodedns-zone`) in-process.
 //!
-//! A query passes through, in order (modules land one by one with the agent issue):
-//! - [`wire`]: the query's header and question read in place into a reusable cache key, and the
-//!   layout of responses (TTL offsets, OPT, owner names) for caching;
-//! - [`cache`]: responses stored ready to send, aged on a hit, evicted exactly by change notices.
+//! A query passes through, in order:
+//! - [`listener`]: socket2 sockets (SO_REUSEPORT, IP_FREEBIND), the UDP and TCP loops;
+//! - [`wire`]: the query's header and question read in place into a reusable cache key;
+//! - [`request`]: malformed input rejected, cache lookup, the route of a miss, coalescing;
+//! - [`cache`]: responses stored ready to send, aged on a hit, evicted exactly by change notices;
+//! - [`authority_client`] / [`upstream`]: the Resolve and Subscribe streams; forwarding over UDP
+//!   and TCP with failover;
+//! - [`respond`]: the one place an answer is counted and logged.
+//!
+//! Around them: [`config`] (flags, environment, YAML) and [`admin`] (`/health`, `/ready`,
+//! `/metrics`). `main.rs` parses flags and calls [`Agent::run`]; tests call it with port-0 sockets.
 
+pub mod admin;
+pub mod authority_client;
 pub mod cache;
+pub mod config;
+pub mod listener;
+pub mod request;
+pub mod respond;
+pub mod upstream;
 pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodedns_zone::file_source::{FileSource, SourceError};
+use nodedns_zone::{ClusterStore, ZoneConfig};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::authority_client::AuthorityLink;
+use crate::cache::Cache;
+pub use crate::config::Config;
+use crate::listener::{BindError, DnsSockets, TcpSettings};
+use crate::request::Resolver;
+use crate::upstream::Forwarder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("standalone cluster file: {0}")]
+    Standalone(#[from] SourceError),
+    #[error("standalone authority: {0}")]
+    StandaloneSetup(String),
+}
+
+/// Every socket the agent serves, bound before it starts so errors surface at once and tests
+/// can bind port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub dns: Vec<DnsSockets>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// UDP sockets (and receive loops) per listen address.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8)
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Self, BindError> {
+        let dns =
+            config.listen.iter().map(|a| DnsSockets::bind(*a, workers())).collect::<Result<Vec<_>, _>>()?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(listener::bind_tcp(addr).map_err(|e| BindError { what: "admin", ..e })?),
+            None => None,
+        };
+        Ok(Self { dns, admin })
+    }
+
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        self.dns.iter().map(|d| d.addr).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+pub struct Agent {
+    config: Config,
+    cache: Arc<Cache>,
+    authority: Arc<AuthorityLink>,
+    draining: CancellationToken,
+}
+
+impl Agent {
+    pub fn new(config: Config) -> Self {
+        // Before anything records a metric.
+        admin::prometheus();
+        let cache = Arc::new(Cache::new(config.cache));
+        let authority = AuthorityLink::new(config.timeout, vec![config.cluster_domain.clone()]);
+        Self { config, cache, authority, draining: CancellationToken::new() }
+    }
+
+    pub fn authority(&self) -> Arc<AuthorityLink> {
+        Arc::clone(&self.authority)
+    }
+
+    pub fn cache(&self) -> Arc<Cache> {
+        Arc::clone(&self.cache)
+    }
+
+    /// Starts the in-process authority of `--standalone-cluster-file` on a loopback port and
+    /// returns its URL.
+    async fn standalone(
+        &self,
+        path: &std::path::Path,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<String, AgentError> {
+        let cluster_domain = hickory_proto::rr::Name::from_ascii(&self.config.cluster_domain)
+            .map_err(|e| AgentError::StandaloneSetup(format!("cluster domain: {e}")))?;
+        let store = ClusterStore::new(ZoneConfig { cluster_domain, ..ZoneConfig::default() });
+        let mut source = FileSource::new(path, Arc::clone(&store));
+        let loaded = source.load()?;
+        info!(path = %path.display(), objects = loaded.objects, "standalone: cluster file loaded");
+        tracker.spawn(source.watch(Duration::from_secs(1), stop.clone().cancelled_owned(), |result| match result {
+            Ok(l) if l.published.is_some() => info!(objects = l.objects, "standalone: cluster file reloaded"),
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "standalone: cluster file reload failed; still serving the last good cluster"),
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| AgentError::StandaloneSetup(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| AgentError::StandaloneSetup(e.to_string()))?;
+        let shutdown =
+            nodedns_grpc::Shutdown { draining: stop.clone(), stop: stop.clone(), lameduck: Duration::ZERO };
+        let service = nodedns_grpc::Service::new(store, Arc::from(Vec::new()), shutdown);
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            if let Err(e) = nodedns_grpc::serve_grpc(listener, service, stop).await {
+                error!(error = %e, "standalone gRPC failed");
+            }
+        });
+        Ok(format!("http://{addr}"))
+    }
+
+    /// Serves until `shutdown`; then `/ready` turns false, listeners close and in-flight queries
+    /// finish (within the timeout) before it returns.
+    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let stop = CancellationToken::new();
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut endpoints = self.config.authority.clone();
+        if let Some(path) = self.config.standalone_cluster_file.clone() {
+            endpoints.insert(0, self.standalone(&path, &tracker, &background).await?);
+        }
+        let node = if self.config.node_name.is_empty() {
+            "standalone".to_owned()
+        } else {
+            self.config.node_name.clone()
+        };
+        tracker.spawn(Arc::clone(&self.authority).run(
+            endpoints.clone(),
+            node,
+            Arc::clone(&self.cache),
+            background.clone(),
+        ));
+
+        let upstream = Forwarder::new(&self.config.upstreams, self.config.timeout, "upstream");
+        let stubs = self
+            .config
+            .stub_domains
+            .iter()
+            .map(|s| (s.zone.clone(), Forwarder::new(&s.servers, self.config.timeout, &s.zone)))
+            .collect();
+        let resolver = Arc::new(Resolver::new(
+            Arc::clone(&self.cache),
+            Arc::clone(&self.authority),
+            upstream,
+            stubs,
+            self.config.log_queries,
+        ));
+        let tcp = Arc::new(TcpSettings {
+            idle_timeout: self.config.tcp_idle_timeout,
+            slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
+        });
+        let addrs = listeners.dns_addrs();
+        let admin_addr = listeners.admin_addr();
+        let queries = TaskTracker::new();
+        for sockets in listeners.dns {
+            for socket in sockets.udp {
+                let socket = tokio::net::UdpSocket::from_std(socket).map_err(|source| BindError {
+                    what: "UDP",
+                    addr: sockets.addr,
+                    source,
+                })?;
+                tracker.spawn(listener::udp_loop(
+                    Arc::new(socket),
+                    Arc::clone(&resolver),
+                    stop.clone(),
+                    queries.clone(),
+                ));
+            }
+            let tcp_listener = tokio::net::TcpListener::from_std(sockets.tcp)
+                .map_err(|source| BindError { what: "TCP", addr: sockets.addr, source })?;
+            tracker.spawn(listener::tcp_accept_loop(
+                tcp_listener,
+                Arc::clone(&resolver),
+                Arc::clone(&tcp),
+                stop.clone(),
+                queries.clone(),
+            ));
+        }
+        if let Some(admin) = listeners.admin {
+            let state = Arc::new(admin::AdminState {
+                authority: Arc::clone(&self.authority),
+                cache: Arc::clone(&self.cache),
+                draining: self.draining.clone(),
+            });
+            let stop = background.clone();
+            tracker.spawn(async move {
+                if let Err(e) = admin::serve(admin, state, stop).await {
+                    error!(error = %e, "admin listener failed");
+                }
+            });
+        }
+        let c = &self.config;
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listen = ?addrs,
+            admin = ?admin_addr,
+            node = %c.node_name,
+            authority = ?endpoints,
+            upstreams = ?c.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            upstream_source = %c.upstream_source,
+            stub_domains = ?c.stub_domains.iter().map(|s| format!("{}={:?}", s.zone, s.servers)).collect::<Vec<_>>(),
+            cluster_domain = %c.cluster_domain,
+            node_search = ?c.node_resolv.search,
+            cache_bytes = c.cache.max_bytes,
+            min_ttl = c.cache.min_ttl,
+            max_ttl = c.cache.max_ttl,
+            max_negative_ttl = c.cache.max_negative_ttl,
+            stale_for_s = c.cache.stale_for.as_secs(),
+            timeout_s = c.timeout.as_secs_f64(),
+            log_queries = c.log_queries,
+            "nodedns-agent serving"
+        );
+
+        shutdown.cancelled().await;
+        self.draining.cancel();
+        info!("shutting down: /ready is false, listeners close, in-flight queries finish");
+        stop.cancel();
+        queries.close();
+        if tokio::time::timeout(self.config.timeout + Duration::from_secs(1), queries.wait()).await.is_err() {
+            warn!("some queries did not finish before exit");
+        }
+        background.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("some tasks did not stop within 5 s");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod corpus;
+pub mod upstream;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,299 @@
+//! The agent's side of the contract with the authority: one Resolve stream carrying every
+//! cluster-domain miss (multiplexed by id, no connection per query) and one Subscribe stream
+//! bringing this node's pod table and the change notices that evict cached answers. Both run on
+//! one HTTP/2 connection to one endpoint; when it fails or the authority says it is draining, the
+//! agent moves to the next `--authority` endpoint with backoff and resumes its subscription from
+//! the last revision it applied. Meanwhile misses fail fast and the cache serves stale.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use nodedns_proto::v1::authority_client::AuthorityClient;
+use nodedns_proto::v1::subscribe_response::Event;
+use nodedns_proto::v1::{
+    PodEntry, ResolveRequest, ResolveResponse, ResolveStatus, SubscribeRequest, Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::cache::Cache;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthorityError {
+    #[error("no authority connected")]
+    Disconnected,
+    #[error("the authority did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the authority is not ready or draining")]
+    Unavailable,
+    #[error("the authority dropped the query")]
+    Dropped,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<ResolveResponse>>>;
+
+/// What the agent knows from its subscription.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    /// Zones the authority is authoritative for (lower case, absolute).
+    pub zones: Vec<String>,
+    /// This node's pod addresses.
+    pub pods: HashMap<IpAddr, PodEntry>,
+}
+
+pub struct AuthorityLink {
+    sender: ArcSwap<Option<mpsc::Sender<ResolveRequest>>>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    timeout: Duration,
+    view: ArcSwap<ClusterView>,
+    /// The last revision applied (resumed from on reconnect).
+    revision: AtomicU64,
+    /// True while a Resolve stream is up.
+    connected: watch::Sender<bool>,
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+impl AuthorityLink {
+    /// `zones`: what to route to the authority before the first snapshot (the cluster domain).
+    pub fn new(timeout: Duration, zones: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            sender: ArcSwap::from_pointee(None),
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            timeout,
+            view: ArcSwap::from_pointee(ClusterView { zones, ..ClusterView::default() }),
+            revision: AtomicU64::new(0),
+            connected: watch::channel(false).0,
+        })
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.load_full()
+    }
+
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
+    /// Sends a query over the Resolve stream and waits for its answer.
+    pub async fn resolve(&self, query: &[u8], client: IpAddr, tcp: bool) -> Result<Vec<u8>, AuthorityError> {
+        let Some(sender) = self.sender.load_full().as_ref().clone() else {
+            return Err(AuthorityError::Disconnected);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        let request = ResolveRequest {
+            id,
+            query: query.to_vec(),
+            client_ip: ip_bytes(client),
+            transport: transport as i32,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, async {
+            sender.send(request).await.map_err(|_| AuthorityError::Disconnected)?;
+            rx.await.map_err(|_| AuthorityError::Disconnected)
+        })
+        .await;
+        metrics::histogram!("nodedns_authority_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(r) => r?,
+            Err(_) => {
+                self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                return Err(AuthorityError::Timeout(self.timeout));
+            }
+        };
+        match ResolveStatus::try_from(response.status) {
+            Ok(ResolveStatus::Ok) => Ok(response.response),
+            Ok(ResolveStatus::Dropped) => Err(AuthorityError::Dropped),
+            _ => Err(AuthorityError::Unavailable),
+        }
+    }
+
+    /// Keeps a connection to one of `endpoints` until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        endpoints: Vec<String>,
+        node: String,
+        cache: Arc<Cache>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut next = 0usize;
+        let mut failing_since: Option<Instant> = None;
+        while !stop.is_cancelled() && !endpoints.is_empty() {
+            let url = &endpoints[next % endpoints.len()];
+            next += 1;
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                () = stop.cancelled() => break,
+                outcome = self.session(url, &node, &cache) => outcome,
+            };
+            self.disconnect();
+            metrics::counter!("nodedns_authority_disconnects_total").increment(1);
+            match outcome {
+                Ok(why) => {
+                    info!(authority = %url, why, "authority session ended; moving to the next endpoint")
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        warn!(authority = %url, error = %e, "authority unreachable; serving from cache, retrying with backoff");
+                    } else {
+                        debug!(authority = %url, error = %e, "authority still unreachable");
+                    }
+                    failing_since.get_or_insert_with(Instant::now);
+                }
+            }
+            // A session that lasted resets the backoff; one that failed at once doubles it.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if let Some(since) = failing_since.filter(|_| *self.connected.borrow()) {
+                info!(down_s = since.elapsed().as_secs_f64(), "authority reachable again");
+                failing_since = None;
+            }
+        }
+        self.disconnect();
+    }
+
+    fn disconnect(&self) {
+        self.sender.store(Arc::new(None));
+        // Waiting queries fail now (their senders drop) instead of at their timeout.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.connected.send_replace(false);
+    }
+
+    /// One connection: Resolve and Subscribe until either ends. `Ok` with a reason for an orderly
+    /// end (draining), `Err` for a failure.
+    async fn session(&self, url: &str, node: &str, cache: &Cache) -> Result<&'static str, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("bad URL: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel: Channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let mut client = AuthorityClient::new(channel);
+        let resume_from = self.revision.load(Ordering::Relaxed);
+        let mut updates = client
+            .subscribe(SubscribeRequest { node_name: node.to_owned(), resume_from })
+            .await
+            .map_err(|e| format!("Subscribe: {}", e.message()))?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let mut answers = client
+            .resolve(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("Resolve: {}", e.message()))?
+            .into_inner();
+        self.sender.store(Arc::new(Some(tx)));
+        self.connected.send_replace(true);
+        info!(authority = %url, node, resume_from, "authority connected");
+        let pending = Arc::clone(&self.pending);
+        let reader = async move {
+            loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        if let Some(waiter) =
+                            pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&answer.id)
+                        {
+                            let _ = waiter.send(answer);
+                        }
+                    }
+                    Ok(None) => return Err("Resolve stream ended".to_owned()),
+                    Err(e) => return Err(format!("Resolve stream: {}", e.message())),
+                }
+            }
+        };
+        let follow = async {
+            loop {
+                let msg = match updates.message().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => return Err("Subscribe stream ended".to_owned()),
+                    Err(e) => return Err(format!("Subscribe stream: {}", e.message())),
+                };
+                if self.apply(msg.revision, msg.event, cache) {
+                    return Ok("the authority is draining");
+                }
+            }
+        };
+        tokio::select! {
+            r = reader => r.map(|()| "Resolve stream ended"),
+            r = follow => r,
+        }
+    }
+
+    /// Applies one Subscribe message; returns true for Draining.
+    fn apply(&self, revision: u64, event: Option<Event>, cache: &Cache) -> bool {
+        let current = self.view.load();
+        match event {
+            Some(Event::Snapshot(s)) => {
+                // Whatever changed while we were away is unknown: every cluster answer goes.
+                let evicted = cache.evict_subtrees(&s.zones);
+                let pods =
+                    s.pods.into_iter().filter_map(|p| Some((ip_of(&p.ip)?, p))).collect::<HashMap<_, _>>();
+                info!(revision, pods = pods.len(), zones = ?s.zones, evicted, "authority snapshot applied");
+                self.view.store(Arc::new(ClusterView { zones: s.zones, pods }));
+            }
+            Some(Event::Update(u)) => {
+                let mut evicted = cache.evict_names(u.names.iter().map(String::as_str));
+                if !u.subtrees.is_empty() {
+                    evicted += cache.evict_subtrees(&u.subtrees);
+                }
+                metrics::counter!("nodedns_notice_evictions_total").increment(evicted as u64);
+                // Notices alone (the common case) leave the view as it is.
+                if !(u.upserted.is_empty() && u.removed.is_empty() && u.zones.is_empty()) {
+                    let mut pods = current.pods.clone();
+                    for ip in u.removed.iter().filter_map(|b| ip_of(b)) {
+                        pods.remove(&ip);
+                    }
+                    for p in u.upserted {
+                        if let Some(ip) = ip_of(&p.ip) {
+                            pods.insert(ip, p);
+                        }
+                    }
+                    let zones = if u.zones.is_empty() { current.zones.clone() } else { u.zones };
+                    self.view.store(Arc::new(ClusterView { zones, pods }));
+                }
+                debug!(revision, names = u.names.len(), evicted, "authority update applied");
+            }
+            Some(Event::Draining(d)) => {
+                info!(seconds_left = d.seconds_left, "authority draining");
+                return true;
+            }
+            None => {}
+        }
+        self.revision.store(revision, Ordering::Relaxed);
+        false
+    }
+}

@@ -1,0 +1,298 @@
+//! A query from parse to answer bytes: reject malformed input, look in the cache, and on a miss
+//! route it (authority for the cluster zones, a stub domain's servers, or the upstreams), with
+//! identical misses in flight coalesced into one query. The answer is written by
+//! [`crate::respond`], the one place that counts and logs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use crate::authority_client::AuthorityLink;
+use crate::cache::{Cache, Entry, Lookup};
+use crate::respond::{self, Outcome, Source};
+use crate::upstream::Forwarder;
+use crate::wire::{self, Query, Reject};
+
+/// Where a miss goes, decided from the question name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Authority,
+    Stub(usize),
+    Upstream,
+}
+
+/// How the client reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The result of fetching a miss, shared by every client waiting for the same key.
+#[derive(Debug, Clone)]
+enum Fetched {
+    /// Cached: written per client from the entry.
+    Entry(Arc<Entry>),
+    /// Not cacheable (SERVFAIL, REFUSED, truncated...): the raw response.
+    Raw(Arc<Vec<u8>>),
+    Failed(&'static str),
+}
+
+type InFlight = Shared<BoxFuture<'static, Fetched>>;
+
+pub struct Resolver {
+    pub cache: Arc<Cache>,
+    pub authority: Arc<AuthorityLink>,
+    pub upstream: Forwarder,
+    /// `(zone, forwarder)`, longest zone first.
+    pub stubs: Vec<(String, Forwarder)>,
+    pub log_queries: bool,
+    inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
+}
+
+/// Whether `name` (absolute, lower case) is `zone` or below it.
+pub fn in_zone(name: &str, zone: &str) -> bool {
+    zone == "."
+        || name == zone
+        || (name.len() > zone.len()
+            && name.ends_with(zone)
+            && name.as_bytes()[name.len() - zone.len() - 1] == b'.')
+}
+
+thread_local! {
+    /// The hit path's key buffer: no allocation per query.
+    static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What the listener does next.
+pub enum Step {
+    /// The answer is in the output buffer: send it.
+    Answer,
+    /// Nothing to send (not a query).
+    Drop,
+    /// A miss: run [`Resolver::miss`] with these (off the receive loop).
+    Miss(Miss),
+}
+
+/// A miss to fetch, owning what it needs.
+pub struct Miss {
+    packet: Vec<u8>,
+    key: Box<[u8]>,
+    query: Query,
+}
+
+impl Resolver {
+    pub fn new(
+        cache: Arc<Cache>,
+        authority: Arc<AuthorityLink>,
+        upstream: Forwarder,
+        mut stubs: Vec<(String, Forwarder)>,
+        log_queries: bool,
+    ) -> Self {
+        stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
+        Self { cache, authority, upstream, stubs, log_queries, inflight: Mutex::default() }
+    }
+
+    pub fn route(&self, qname: &str) -> Route {
+        if let Some(i) = self.stubs.iter().position(|(zone, _)| in_zone(qname, zone)) {
+            return Route::Stub(i);
+        }
+        if self.authority.view().zones.iter().any(|z| in_zone(qname, z)) {
+            return Route::Authority;
+        }
+        Route::Upstream
+    }
+
+    /// The hit path: parse, look up, and write a cached answer into `out` when there is one.
+    pub fn answer(
+        &self,
+        packet: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        KEY.with_borrow_mut(|key| {
+            let query = match wire::parse_query(packet, key) {
+                Ok(q) => q,
+                Err(Reject::Drop) => {
+                    respond::dropped("not_a_query");
+                    return Step::Drop;
+                }
+                Err(Reject::Rcode(rcode)) => {
+                    wire::error_response(packet, None, rcode, out);
+                    respond::answered(
+                        &Outcome { transport, qtype: 0, rcode, source: Source::Error, client, started: now },
+                        key,
+                        self.log_queries,
+                    );
+                    return Step::Answer;
+                }
+            };
+            if query.qclass != 1 && query.qclass != 255 {
+                wire::error_response(packet, Some(&query), 4, out);
+                respond::answered(
+                    &Outcome {
+                        transport,
+                        qtype: query.qtype,
+                        rcode: 4,
+                        source: Source::Error,
+                        client,
+                        started: now,
+                    },
+                    key,
+                    self.log_queries,
+                );
+                return Step::Answer;
+            }
+            if let Lookup::Fresh(entry) = self.cache.lookup(key, now) {
+                entry.write(packet, &query, now, false, transport == Transport::Udp, out);
+                let source = if entry.negative { Source::CacheDenial } else { Source::CacheSuccess };
+                respond::answered(
+                    &Outcome {
+                        transport,
+                        qtype: query.qtype,
+                        rcode: out[3] & 0x0f,
+                        source,
+                        client,
+                        started: now,
+                    },
+                    key,
+                    self.log_queries,
+                );
+                return Step::Answer;
+            }
+            respond::cache_miss();
+            Step::Miss(Miss { packet: packet.to_vec(), key: key.as_slice().into(), query })
+        })
+    }
+
+    /// Fetches a miss (coalesced with identical ones in flight) and writes the answer into `out`.
+    pub async fn miss(
+        self: &Arc<Self>,
+        miss: Miss,
+        client: SocketAddr,
+        transport: Transport,
+        started: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let Miss { packet, key, query } = miss;
+        let fetched = self.fetch(&key, &packet, client, transport).await;
+        let now = Instant::now();
+        let udp = transport == Transport::Udp;
+        let source = match fetched {
+            Fetched::Entry(entry) => {
+                entry.write(&packet, &query, now, false, udp, out);
+                Source::Fetched
+            }
+            Fetched::Raw(raw) => {
+                out.clear();
+                out.extend_from_slice(&raw);
+                out[..2].copy_from_slice(&query.id.to_be_bytes());
+                if wire::parse_question_end(out) == Some(query.question_end) {
+                    out[wire::HEADER..query.question_end]
+                        .copy_from_slice(&packet[wire::HEADER..query.question_end]);
+                }
+                if udp && out.len() > query.udp_limit() {
+                    wire::truncate(out, &query);
+                }
+                Source::Fetched
+            }
+            Fetched::Failed(why) => match self.cache.lookup(&key, now) {
+                // RFC 8767: the source cannot answer, the stale answer is better than none.
+                Lookup::Stale(entry) | Lookup::Fresh(entry) => {
+                    entry.write(&packet, &query, now, true, udp, out);
+                    Source::Stale
+                }
+                Lookup::Miss => {
+                    tracing::debug!(name = wire::key_name(&key), why, "SERVFAIL");
+                    wire::error_response(&packet, Some(&query), 2, out);
+                    Source::Error
+                }
+            },
+        };
+        let rcode = out.get(3).map_or(2, |b| b & 0x0f);
+        respond::answered(
+            &Outcome { transport, qtype: query.qtype, rcode, source, client, started },
+            &key,
+            self.log_queries,
+        );
+    }
+
+    async fn fetch(
+        self: &Arc<Self>,
+        key: &[u8],
+        packet: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Fetched {
+        let shared = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(f) = inflight.get(key) {
+                respond::coalesced();
+                f.clone()
+            } else {
+                let this = Arc::clone(self);
+                let (owned, packet) = (Box::<[u8]>::from(key), packet.to_vec());
+                let fut = async move {
+                    let fetched = this.fetch_once(&owned, &packet, client, transport).await;
+                    this.inflight.lock().unwrap_or_else(PoisonError::into_inner).remove(&owned);
+                    fetched
+                }
+                .boxed()
+                .shared();
+                inflight.insert(key.into(), fut.clone());
+                fut
+            }
+        };
+        shared.await
+    }
+
+    async fn fetch_once(
+        &self,
+        key: &[u8],
+        packet: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Fetched {
+        let qname = wire::key_name(key);
+        let route = self.route(&qname);
+        let result = match route {
+            Route::Authority => {
+                self.authority.resolve(packet, client.ip(), transport == Transport::Tcp).await.map_err(|e| {
+                    tracing::debug!(name = qname, error = %e, "authority could not answer");
+                    "authority"
+                })
+            }
+            Route::Stub(i) => self.stubs[i].1.forward(packet).await.map_err(|_| "stub domain"),
+            Route::Upstream => self.upstream.forward(packet).await.map_err(|_| "upstream"),
+        };
+        match result {
+            Ok(response) => {
+                match self.cache.insert(key, &response, Instant::now(), route == Route::Authority) {
+                    Some(entry) => Fetched::Entry(entry),
+                    None => Fetched::Raw(Arc::new(response)),
+                }
+            }
+            Err(why) => Fetched::Failed(why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_zone;
+
+    #[test]
+    fn zones_contain_names_at_label_boundaries() {
+        assert!(in_zone("a.cluster.local.", "cluster.local."));
+        assert!(in_zone("cluster.local.", "cluster.local."));
+        assert!(!in_zone("acluster.local.", "cluster.local."));
+        assert!(!in_zone("local.", "cluster.local."));
+        assert!(in_zone("anything.", "."));
+    }
+}
