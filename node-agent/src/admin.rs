@@ -21,6 +21,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 fn describe() {
     nodedns_common::telemetry::describe_dns_metrics();
+    metrics::describe_counter!(
+        "nodedns_autopath_total",
+        "Autopath walks by result (hit, nxdomain, asked_name)."
+    );
+    metrics::describe_histogram!("nodedns_autopath_duration_seconds", "Time of an autopath walk.");
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!("coredns_cache_hits_total", "Answers from the cache, by type (success, denial).");
     describe_counter!("coredns_cache_misses_total", "Queries the cache could not answer.");

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::autopath::{self, PodContext};
 use crate::cache::Cache;
+use crate::config::ResolvConf;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum AuthorityError {
@@ -46,6 +48,15 @@ pub struct ClusterView {
     pub zones: Vec<String>,
     /// This node's pod addresses.
     pub pods: HashMap<IpAddr, PodEntry>,
+    /// The autopath context of each pod address that may be autopathed.
+    pub contexts: HashMap<IpAddr, PodContext>,
+}
+
+impl ClusterView {
+    fn new(zones: Vec<String>, pods: HashMap<IpAddr, PodEntry>, node: &ResolvConf) -> Self {
+        let contexts = pods.iter().filter_map(|(ip, p)| Some((*ip, autopath::context(p, node)?))).collect();
+        Self { zones, pods, contexts }
+    }
 }
 
 pub struct AuthorityLink {
@@ -54,10 +65,14 @@ pub struct AuthorityLink {
     next_id: AtomicU64,
     timeout: Duration,
     view: ArcSwap<ClusterView>,
+    /// The node's resolv.conf (its search domains join the pods').
+    node: ResolvConf,
     /// The last revision applied (resumed from on reconnect).
     revision: AtomicU64,
     /// True while a Resolve stream is up.
     connected: watch::Sender<bool>,
+    /// The revision of each Subscribe message applied (a readiness signal for tests and `/ready`).
+    applied: watch::Sender<u64>,
 }
 
 fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
@@ -77,15 +92,17 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 
 impl AuthorityLink {
     /// `zones`: what to route to the authority before the first snapshot (the cluster domain).
-    pub fn new(timeout: Duration, zones: Vec<String>) -> Arc<Self> {
+    pub fn new(timeout: Duration, zones: Vec<String>, node: ResolvConf) -> Arc<Self> {
         Arc::new(Self {
             sender: ArcSwap::from_pointee(None),
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
             timeout,
             view: ArcSwap::from_pointee(ClusterView { zones, ..ClusterView::default() }),
+            node,
             revision: AtomicU64::new(0),
             connected: watch::channel(false).0,
+            applied: watch::channel(0).0,
         })
     }
 
@@ -93,8 +110,18 @@ impl AuthorityLink {
         self.view.load_full()
     }
 
+    /// The view without touching its reference count (the hit path's read).
+    pub fn view_guard(&self) -> arc_swap::Guard<Arc<ClusterView>> {
+        self.view.load()
+    }
+
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.subscribe()
+    }
+
+    /// Changes with every Subscribe message applied (its revision).
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Sends a query over the Resolve stream and waits for its answer.
@@ -263,7 +290,7 @@ impl AuthorityLink {
                 let pods =
                     s.pods.into_iter().filter_map(|p| Some((ip_of(&p.ip)?, p))).collect::<HashMap<_, _>>();
                 info!(revision, pods = pods.len(), zones = ?s.zones, evicted, "authority snapshot applied");
-                self.view.store(Arc::new(ClusterView { zones: s.zones, pods }));
+                self.view.store(Arc::new(ClusterView::new(s.zones, pods, &self.node)));
             }
             Some(Event::Update(u)) => {
                 let mut evicted = cache.evict_names(u.names.iter().map(String::as_str));
@@ -283,7 +310,7 @@ impl AuthorityLink {
                         }
                     }
                     let zones = if u.zones.is_empty() { current.zones.clone() } else { u.zones };
-                    self.view.store(Arc::new(ClusterView { zones, pods }));
+                    self.view.store(Arc::new(ClusterView::new(zones, pods, &self.node)));
                 }
                 debug!(revision, names = u.names.len(), evicted, "authority update applied");
             }
@@ -294,6 +321,7 @@ impl AuthorityLink {
             None => {}
         }
         self.revision.store(revision, Ordering::Relaxed);
+        self.applied.send_replace(revision);
         false
     }
 }

@@ -53,6 +53,8 @@ pub struct Entry {
     /// Seconds the entry is fresh for.
     ttl: u32,
     pub negative: bool,
+    /// The response code (0 NOERROR, 3 NXDOMAIN: the only ones cached).
+    pub rcode: u8,
     /// Came from the authority: indexed for change notices.
     pub cluster: bool,
     /// Owner names (for the notice index).
@@ -281,6 +283,19 @@ impl Cache {
     /// entry. Not cached: truncated responses, rcodes other than NOERROR and NXDOMAIN, and
     /// responses that do not parse.
     pub fn insert(&self, key: &[u8], response: &[u8], now: Instant, cluster: bool) -> Option<Arc<Entry>> {
+        self.insert_with(key, response, now, cluster, &[])
+    }
+
+    /// [`Cache::insert`], indexing the entry under `extra` names too (names whose change alters
+    /// the answer without being in it, such as the candidates an autopath walk found absent).
+    pub fn insert_with(
+        &self,
+        key: &[u8],
+        response: &[u8],
+        now: Instant,
+        cluster: bool,
+        extra: &[String],
+    ) -> Option<Arc<Entry>> {
         let mut wire = response.to_vec();
         let mut layout = wire::layout(&wire)?;
         if let Some((start, end)) = layout.opt {
@@ -312,8 +327,14 @@ impl Cache {
             stored: now,
             ttl,
             negative,
+            rcode: layout.rcode,
             cluster,
-            owners: layout.owners.into_iter().map(String::into_boxed_str).collect(),
+            owners: layout
+                .owners
+                .into_iter()
+                .chain(extra.iter().cloned())
+                .map(String::into_boxed_str)
+                .collect(),
             qname: wire::key_name(key).into_boxed_str(),
         });
         // A replaced entry's names leave the index here (the eviction listener skips

@@ -8,6 +8,7 @@
 //! - [`wire`]: the query's header and question read in place into a reusable cache key;
 //! - [`request`]: malformed input rejected, cache lookup, the route of a miss, coalescing;
 //! - [`cache`]: responses stored ready to send, aged on a hit, evicted exactly by change notices;
+//! - [`autopath`]: a pod's first search expansion walked here, answered in one round trip;
 //! - [`authority_client`] / [`upstream`]: the Resolve and Subscribe streams; forwarding over UDP
 //!   and TCP with failover;
 //! - [`respond`]: the one place an answer is counted and logged.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod authority_client;
+pub mod autopath;
 pub mod cache;
 pub mod config;
 pub mod listener;
@@ -98,7 +100,11 @@ impl Agent {
         // Before anything records a metric.
         admin::prometheus();
         let cache = Arc::new(Cache::new(config.cache));
-        let authority = AuthorityLink::new(config.timeout, vec![config.cluster_domain.clone()]);
+        let authority = AuthorityLink::new(
+            config.timeout,
+            vec![config.cluster_domain.clone()],
+            config.node_resolv.clone(),
+        );
         Self { config, cache, authority, draining: CancellationToken::new() }
     }
 
@@ -178,6 +184,7 @@ impl Agent {
             Arc::clone(&self.authority),
             upstream,
             stubs,
+            self.config.node_resolv.clone(),
             self.config.log_queries,
         ));
         let tcp = Arc::new(TcpSettings {

@@ -12,7 +12,9 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::authority_client::AuthorityLink;
+use crate::autopath;
 use crate::cache::{Cache, Entry, Lookup};
+use crate::config::ResolvConf;
 use crate::respond::{self, Outcome, Source};
 use crate::upstream::Forwarder;
 use crate::wire::{self, Query, Reject};
@@ -51,6 +53,8 @@ pub struct Resolver {
     /// `(zone, forwarder)`, longest zone first.
     pub stubs: Vec<(String, Forwarder)>,
     pub log_queries: bool,
+    /// The node's resolv.conf: its search domains join the pods' for autopath.
+    pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
 }
 
@@ -81,8 +85,10 @@ pub enum Step {
 /// A miss to fetch, owning what it needs.
 pub struct Miss {
     packet: Vec<u8>,
+    /// With an autopath client's tag appended when `autopath`.
     key: Box<[u8]>,
     query: Query,
+    autopath: bool,
 }
 
 impl Resolver {
@@ -91,10 +97,11 @@ impl Resolver {
         authority: Arc<AuthorityLink>,
         upstream: Forwarder,
         mut stubs: Vec<(String, Forwarder)>,
+        node: ResolvConf,
         log_queries: bool,
     ) -> Self {
         stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
-        Self { cache, authority, upstream, stubs, log_queries, inflight: Mutex::default() }
+        Self { cache, authority, upstream, stubs, log_queries, node, inflight: Mutex::default() }
     }
 
     pub fn route(&self, qname: &str) -> Route {
@@ -149,6 +156,18 @@ impl Resolver {
                 );
                 return Step::Answer;
             }
+            // A pod's possible first search expansion is answered per search context: walked
+            // answers are cached under the context's tag, never served to other clients.
+            let autopath = {
+                let view = self.authority.view_guard();
+                match view.contexts.get(&client.ip()) {
+                    Some(ctx) if query.qclass == 1 && autopath::may_apply(key, ctx) => {
+                        key.extend_from_slice(&ctx.tag);
+                        true
+                    }
+                    _ => false,
+                }
+            };
             if let Lookup::Fresh(entry) = self.cache.lookup(key, now) {
                 entry.write(packet, &query, now, false, transport == Transport::Udp, out);
                 let source = if entry.negative { Source::CacheDenial } else { Source::CacheSuccess };
@@ -167,7 +186,7 @@ impl Resolver {
                 return Step::Answer;
             }
             respond::cache_miss();
-            Step::Miss(Miss { packet: packet.to_vec(), key: key.as_slice().into(), query })
+            Step::Miss(Miss { packet: packet.to_vec(), key: key.as_slice().into(), query, autopath })
         })
     }
 
@@ -180,8 +199,13 @@ impl Resolver {
         started: Instant,
         out: &mut Vec<u8>,
     ) {
-        let Miss { packet, key, query } = miss;
-        let fetched = self.fetch(&key, &packet, client, transport).await;
+        let Miss { packet, key, query, autopath } = miss;
+        let plain = &key[..key.len() - if autopath { 9 } else { 0 }];
+        let candidates = if autopath { self.autopath(plain, client) } else { None };
+        let fetched = match candidates {
+            Some(candidates) => self.walk(&key, &packet, &query, candidates, client, transport).await,
+            None => self.fetch(plain, &packet, client, transport).await,
+        };
         let now = Instant::now();
         let udp = transport == Transport::Udp;
         let source = match fetched {
@@ -202,7 +226,7 @@ impl Resolver {
                 }
                 Source::Fetched
             }
-            Fetched::Failed(why) => match self.cache.lookup(&key, now) {
+            Fetched::Failed(why) => match self.cache.lookup(plain, now) {
                 // RFC 8767: the source cannot answer, the stale answer is better than none.
                 Lookup::Stale(entry) | Lookup::Fresh(entry) => {
                     entry.write(&packet, &query, now, true, udp, out);
@@ -221,6 +245,86 @@ impl Resolver {
             &key,
             self.log_queries,
         );
+    }
+
+    /// The names to walk when this query is the client pod's first search expansion.
+    fn autopath(&self, key: &[u8], client: SocketAddr) -> Option<Vec<String>> {
+        let view = self.authority.view();
+        let pod = view.pods.get(&client.ip())?;
+        autopath::candidates(&wire::key_name(key), pod, &self.node)
+    }
+
+    /// Autopath: the asked name, then each candidate until one is not NXDOMAIN; that one is
+    /// answered as `asked CNAME hit` plus the hit's answer and cached under `tagged` (the asked
+    /// key with the client's search-context tag), indexed by every name tried so a change to any
+    /// of them evicts it. Each step goes through the cache, so the client's own later attempts at
+    /// the other names are cache hits.
+    async fn walk(
+        self: &Arc<Self>,
+        tagged: &[u8],
+        packet: &[u8],
+        query: &Query,
+        candidates: Vec<String>,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Fetched {
+        let started = Instant::now();
+        let key = &tagged[..tagged.len() - 9];
+        let first = self.cached_or_fetch(key, packet, client, transport).await;
+        if !matches!(&first, Fetched::Entry(e) if e.rcode == 3) {
+            autopath::count("asked_name", started);
+            return first;
+        }
+        let asked = wire::key_name(key);
+        let mut tried = vec![asked.clone()];
+        for name in candidates {
+            let Some(cpacket) =
+                autopath::candidate_query(packet, query.question_end, query.qtype, query.qclass, &name)
+            else {
+                break;
+            };
+            let mut ckey = Vec::new();
+            let Ok(cquery) = wire::parse_query(&cpacket, &mut ckey) else { break };
+            match self.cached_or_fetch(&ckey, &cpacket, client, transport).await {
+                Fetched::Entry(e) if e.rcode == 3 => tried.push(name),
+                Fetched::Entry(e) => {
+                    let mut hit = Vec::new();
+                    e.write(&cpacket, &cquery, Instant::now(), false, false, &mut hit);
+                    let Some(bytes) = autopath::cname_answer(&asked, query.qtype, &name, &hit) else { break };
+                    autopath::count("hit", started);
+                    return match self.cache.insert_with(tagged, &bytes, Instant::now(), true, &tried) {
+                        Some(entry) => Fetched::Entry(entry),
+                        None => Fetched::Raw(Arc::new(bytes)),
+                    };
+                }
+                // A step failed: answer the asked name as itself, and the client searches on.
+                _ => break,
+            }
+        }
+        autopath::count("nxdomain", started);
+        // The asked name's own NXDOMAIN, remembered for this context too.
+        if let Fetched::Entry(e) = &first {
+            let mut bytes = Vec::new();
+            if let Ok(q) = wire::parse_query(packet, &mut Vec::new()) {
+                e.write(packet, &q, Instant::now(), false, false, &mut bytes);
+                self.cache.insert_with(tagged, &bytes, Instant::now(), true, &tried);
+            }
+        }
+        first
+    }
+
+    /// A fresh cached answer for `key`, else a fetch.
+    async fn cached_or_fetch(
+        self: &Arc<Self>,
+        key: &[u8],
+        packet: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Fetched {
+        match self.cache.lookup(key, Instant::now()) {
+            Lookup::Fresh(entry) => Fetched::Entry(entry),
+            _ => self.fetch(key, packet, client, transport).await,
+        }
     }
 
     async fn fetch(
