@@ -204,6 +204,8 @@ impl Resolver {
         let candidates = if autopath { self.autopath(plain, client) } else { None };
         let fetched = match candidates {
             Some(candidates) => self.walk(&key, &packet, &query, candidates, client, transport).await,
+            // Tagged but not an expansion after all: the plain entry may be cached.
+            None if autopath => self.cached_or_fetch(plain, &packet, client, transport).await,
             None => self.fetch(plain, &packet, client, transport).await,
         };
         let now = Instant::now();
