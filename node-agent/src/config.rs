@@ -58,6 +58,13 @@ pub struct Args {
     /// Run an authority in-process over this cluster file (no Kubernetes needed): the demo mode.
     #[arg(long, env = "NODEDNS_STANDALONE_CLUSTER_FILE", value_name = "PATH")]
     pub standalone_cluster_file: Option<PathBuf>,
+    /// Create (or reuse) this dummy interface holding the listen addresses, as NodeLocal
+    /// DNSCache makes `nodelocaldns`; removed on exit unless --keep-interface.
+    #[arg(long, env = "NODEDNS_SETUP_INTERFACE", value_name = "NAME")]
+    pub setup_interface: Option<String>,
+    /// Leave the --setup-interface interface in place on exit (rolling updates with surge).
+    #[arg(long, env = "NODEDNS_KEEP_INTERFACE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub keep_interface: Option<bool>,
     /// Bytes of cached answers at most [default: 33554432].
     #[arg(long, env = "NODEDNS_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<u64>,
@@ -106,6 +113,8 @@ pub struct FileConfig {
     pub cluster_domain: Option<String>,
     pub admin_listen: Option<SocketAddr>,
     pub standalone_cluster_file: Option<PathBuf>,
+    pub setup_interface: Option<String>,
+    pub keep_interface: Option<bool>,
     pub cache_bytes: Option<u64>,
     pub min_ttl: Option<u32>,
     pub max_ttl: Option<u32>,
@@ -180,6 +189,8 @@ pub struct Config {
     pub cluster_domain: String,
     pub admin_listen: Option<SocketAddr>,
     pub standalone_cluster_file: Option<PathBuf>,
+    pub setup_interface: Option<String>,
+    pub keep_interface: bool,
     pub cache: Limits,
     pub timeout: Duration,
     pub tcp_idle_timeout: Duration,
@@ -344,6 +355,17 @@ impl Config {
             .or(file.admin_listen)
             .unwrap_or_else(|| SocketAddr::new(listen[0].ip(), DEFAULT_ADMIN_PORT));
 
+        let setup_interface = args.setup_interface.clone().or(file.setup_interface);
+        if let Some(name) = &setup_interface {
+            let ok = !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', ':']);
+            if !ok {
+                return Err(invalid(
+                    "setup-interface",
+                    format!("{name:?} is not an interface name (1-15 characters)"),
+                ));
+            }
+        }
+
         Ok(Config {
             listen,
             authority,
@@ -355,6 +377,8 @@ impl Config {
             cluster_domain,
             admin_listen: Some(admin_listen),
             standalone_cluster_file,
+            setup_interface,
+            keep_interface: args.keep_interface.or(file.keep_interface).unwrap_or(false),
             cache,
             timeout,
             tcp_idle_timeout: seconds(

@@ -13,14 +13,16 @@
 //!   and TCP with failover;
 //! - [`respond`]: the one place an answer is counted and logged.
 //!
-//! Around them: [`config`] (flags, environment, YAML) and [`admin`] (`/health`, `/ready`,
-//! `/metrics`). `main.rs` parses flags and calls [`Agent::run`]; tests call it with port-0 sockets.
+//! Around them: [`config`] (flags, environment, YAML), [`interface`] (`--setup-interface`) and
+//! [`admin`] (`/health`, `/ready`, `/metrics`). `main.rs` parses flags and calls [`Agent::run`];
+//! tests call it with port-0 sockets.
 
 pub mod admin;
 pub mod authority_client;
 pub mod autopath;
 pub mod cache;
 pub mod config;
+pub mod interface;
 pub mod listener;
 pub mod request;
 pub mod respond;
@@ -53,6 +55,8 @@ pub enum AgentError {
     Standalone(#[from] SourceError),
     #[error("standalone authority: {0}")]
     StandaloneSetup(String),
+    #[error(transparent)]
+    Interface(#[from] interface::InterfaceError),
 }
 
 /// Every socket the agent serves, bound before it starts so errors surface at once and tests
@@ -153,6 +157,13 @@ impl Agent {
     /// Serves until `shutdown`; then `/ready` turns false, listeners close and in-flight queries
     /// finish (within the timeout) before it returns.
     pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let interface = match &self.config.setup_interface {
+            Some(name) => {
+                let ips: Vec<_> = self.config.listen.iter().map(SocketAddr::ip).collect();
+                Some(interface::setup(name, &ips).await?)
+            }
+            None => None,
+        };
         let stop = CancellationToken::new();
         let background = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -265,6 +276,9 @@ impl Agent {
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
             warn!("some tasks did not stop within 5 s");
+        }
+        if let Some(interface) = interface.filter(|_| !self.config.keep_interface) {
+            interface.remove().await;
         }
         info!("stopped");
         Ok(())

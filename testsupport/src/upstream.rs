@@ -74,7 +74,12 @@ fn answer(query: &[u8], udp: bool) -> Option<Vec<u8>> {
 
 impl FakeUpstream {
     pub async fn start() -> std::io::Result<Self> {
-        let udp = UdpSocket::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1".parse().expect("static address")).await
+    }
+
+    /// Listens on `ip`, port 0.
+    pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = udp.local_addr()?;
         let tcp = TcpListener::bind(addr).await?;
         let (udp_queries, tcp_queries) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
