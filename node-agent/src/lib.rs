@@ -207,17 +207,17 @@ impl Agent {
         let queries = TaskTracker::new();
         for sockets in listeners.dns {
             for socket in sockets.udp {
-                let socket = tokio::net::UdpSocket::from_std(socket).map_err(|source| BindError {
-                    what: "UDP",
-                    addr: sockets.addr,
-                    source,
-                })?;
-                tracker.spawn(listener::udp_loop(
-                    Arc::new(socket),
-                    Arc::clone(&resolver),
-                    stop.clone(),
-                    queries.clone(),
-                ));
+                // Blocking, with a receive timeout so the loop notices `stop`.
+                socket
+                    .set_nonblocking(false)
+                    .and_then(|()| socket.set_read_timeout(Some(listener::STOP_CHECK)))
+                    .map_err(|source| BindError { what: "UDP", addr: sockets.addr, source })?;
+                let (socket, resolver, stop, queries) =
+                    (Arc::new(socket), Arc::clone(&resolver), stop.clone(), queries.clone());
+                let runtime = tokio::runtime::Handle::current();
+                tracker.spawn_blocking(move || {
+                    listener::udp_batch_loop(socket, resolver, stop, queries, runtime)
+                });
             }
             let tcp_listener = tokio::net::TcpListener::from_std(sockets.tcp)
                 .map_err(|source| BindError { what: "TCP", addr: sockets.addr, source })?;

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use metrics::{counter, histogram};
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram, counter, histogram};
 
 use crate::request::Transport;
 use crate::wire;
@@ -46,58 +48,101 @@ pub struct Outcome {
 }
 
 fn rcode_name(rcode: u8) -> &'static str {
-    match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        _ => "OTHER",
-    }
+    RCODES.get(usize::from(rcode)).copied().unwrap_or("OTHER")
+}
+
+const RCODES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+const TYPES: [(u16, &str); 11] = [
+    (1, "A"),
+    (28, "AAAA"),
+    (33, "SRV"),
+    (12, "PTR"),
+    (5, "CNAME"),
+    (16, "TXT"),
+    (15, "MX"),
+    (2, "NS"),
+    (6, "SOA"),
+    (65, "HTTPS"),
+    (255, "ANY"),
+];
+
+fn type_index(qtype: u16) -> usize {
+    TYPES.iter().position(|(t, _)| *t == qtype).unwrap_or(TYPES.len())
 }
 
 fn type_name(qtype: u16) -> &'static str {
-    match qtype {
-        1 => "A",
-        28 => "AAAA",
-        33 => "SRV",
-        12 => "PTR",
-        5 => "CNAME",
-        16 => "TXT",
-        15 => "MX",
-        2 => "NS",
-        6 => "SOA",
-        65 => "HTTPS",
-        255 => "ANY",
-        _ => "other",
-    }
+    TYPES.get(type_index(qtype)).map_or("other", |(_, n)| *n)
+}
+
+/// Metric handles registered once: counting an answer is a few atomic adds, no registry lookup.
+struct Handles {
+    /// [proto][family][type]
+    requests: Vec<Vec<Vec<Counter>>>,
+    /// [rcode], the last for any other
+    responses: Vec<Counter>,
+    hits_success: Counter,
+    hits_denial: Counter,
+    stale: Counter,
+    misses: Counter,
+    /// [proto]
+    duration: [Histogram; 2],
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        let types: Vec<&'static str> = TYPES.iter().map(|(_, n)| *n).chain(["other"]).collect();
+        let requests = ["udp", "tcp"]
+            .iter()
+            .map(|proto| {
+                ["1", "2"]
+                    .iter()
+                    .map(|family| {
+                        types
+                            .iter()
+                            .map(|t| counter!("coredns_dns_requests_total", "proto" => *proto, "family" => *family, "type" => *t))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let responses =
+            RCODES.iter().chain(&["OTHER"]).map(|r| counter!("coredns_dns_responses_total", "rcode" => *r)).collect();
+        Handles {
+            requests,
+            responses,
+            hits_success: counter!("coredns_cache_hits_total", "type" => "success"),
+            hits_denial: counter!("coredns_cache_hits_total", "type" => "denial"),
+            stale: counter!("nodedns_cache_stale_served_total"),
+            misses: counter!("coredns_cache_misses_total"),
+            duration: [
+                histogram!("coredns_dns_request_duration_seconds", "proto" => "udp"),
+                histogram!("coredns_dns_request_duration_seconds", "proto" => "tcp"),
+            ],
+        }
+    })
 }
 
 pub fn answered(o: &Outcome, key: &[u8], log: bool) {
-    let proto = match o.transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    };
-    let family = if o.client.is_ipv4() { "1" } else { "2" };
-    let qtype = type_name(o.qtype);
-    counter!("coredns_dns_requests_total", "proto" => proto, "family" => family, "type" => qtype)
-        .increment(1);
-    counter!("coredns_dns_responses_total", "rcode" => rcode_name(o.rcode)).increment(1);
+    let h = handles();
+    let proto = usize::from(o.transport == Transport::Tcp);
+    let family = usize::from(!o.client.is_ipv4());
+    h.requests[proto][family][type_index(o.qtype)].increment(1);
+    h.responses[usize::from(o.rcode).min(RCODES.len())].increment(1);
     match o.source {
-        Source::CacheSuccess => counter!("coredns_cache_hits_total", "type" => "success").increment(1),
-        Source::CacheDenial => counter!("coredns_cache_hits_total", "type" => "denial").increment(1),
-        Source::Stale => counter!("nodedns_cache_stale_served_total").increment(1),
+        Source::CacheSuccess => h.hits_success.increment(1),
+        Source::CacheDenial => h.hits_denial.increment(1),
+        Source::Stale => h.stale.increment(1),
         _ => {}
     }
     let took = o.started.elapsed();
-    histogram!("coredns_dns_request_duration_seconds", "proto" => proto).record(took.as_secs_f64());
+    h.duration[proto].record(took.as_secs_f64());
     if log {
         tracing::info!(
             client = %o.client,
-            proto,
+            proto = if proto == 1 { "tcp" } else { "udp" },
             name = wire::key_name(key),
-            qtype,
+            qtype = type_name(o.qtype),
             rcode = rcode_name(o.rcode),
             source = o.source.as_str(),
             duration_us = took.as_micros() as u64,
@@ -107,7 +152,7 @@ pub fn answered(o: &Outcome, key: &[u8], log: bool) {
 }
 
 pub fn cache_miss() {
-    counter!("coredns_cache_misses_total").increment(1);
+    handles().misses.increment(1);
 }
 
 pub fn coalesced() {
