@@ -13,6 +13,9 @@ use tracing::{info, warn};
 
 use crate::wire;
 
+/// Largest UDP answer read from an upstream (a full buffer means TCP).
+const UDP_ANSWER_MAX: usize = 4096;
+
 /// Consecutive failures after which a server counts as down.
 const DOWN_AFTER: u32 = 3;
 
@@ -118,9 +121,14 @@ impl Forwarder {
         let socket = UdpSocket::bind(bind).await.map_err(|_| Attempt::Failed("bind"))?;
         socket.connect(server).await.map_err(|_| Attempt::Failed("connect"))?;
         socket.send(&out).await.map_err(|_| Attempt::Failed("send"))?;
-        let mut buf = vec![0u8; 65535];
+        // Room for any EDNS answer worth taking over UDP; one that fills it may have been cut
+        // and is fetched again over TCP.
+        let mut buf = vec![0u8; UDP_ANSWER_MAX];
         let response = loop {
             let n = socket.recv(&mut buf).await.map_err(|_| Attempt::Failed("recv (refused?)"))?;
+            if n == buf.len() {
+                break self.tcp(server, &out).await?;
+            }
             let r = &buf[..n];
             // Only the answer to our question from our id (RFC 5452 section 9.1).
             if n >= wire::HEADER && r[..2] == id.to_be_bytes() && r[2] & 0x80 != 0 && same_question(query, r)
