@@ -10,6 +10,7 @@
 //! The clock is passed in: expiry is tested without sleeping.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,30 @@ pub struct Entry {
     owners: Box<[Box<str>]>,
     /// The question name (lower case).
     qname: Box<str>,
+    /// Hits served from this entry.
+    hits: AtomicU32,
+    /// A refresh is under way (one per entry).
+    prefetching: AtomicBool,
 }
 
+/// Hits after which an entry is popular enough to be refreshed before it expires.
+pub const PREFETCH_HITS: u32 = 3;
+
 impl Entry {
+    /// Counts a hit, and says whether this hit should start a refresh: the entry is popular and
+    /// in the last tenth of its life (at least the last second), and no refresh is running.
+    /// Popular names then never expire under their clients (CoreDNS `cache` `prefetch`).
+    pub fn hit_wants_prefetch(&self, now: Instant) -> bool {
+        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        if hits < PREFETCH_HITS || self.ttl < 2 {
+            return false;
+        }
+        let left = Duration::from_secs(u64::from(self.ttl))
+            .saturating_sub(now.saturating_duration_since(self.stored));
+        let threshold = Duration::from_secs(u64::from((self.ttl / 10).max(1)));
+        left <= threshold && !self.prefetching.swap(true, Ordering::Relaxed)
+    }
+
     pub fn is_fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.stored) < Duration::from_secs(u64::from(self.ttl))
     }
@@ -336,6 +358,8 @@ impl Cache {
                 .map(String::into_boxed_str)
                 .collect(),
             qname: wire::key_name(key).into_boxed_str(),
+            hits: AtomicU32::new(0),
+            prefetching: AtomicBool::new(false),
         });
         // A replaced entry's names leave the index here (the eviction listener skips
         // replacements). The index lock is never held across a moka call: moka may run its

@@ -198,6 +198,19 @@ impl Agent {
             self.config.node_resolv.clone(),
             self.config.log_queries,
         ));
+        {
+            // Loops can appear later (a node's resolv.conf changes): probe now and every 10 min.
+            let (resolver, stop) = (Arc::clone(&resolver), background.clone());
+            tracker.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = every.tick() => resolver.probe_for_loops().await,
+                    }
+                }
+            });
+        }
         let tcp = Arc::new(TcpSettings {
             idle_timeout: self.config.tcp_idle_timeout,
             slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),

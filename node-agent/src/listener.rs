@@ -146,6 +146,13 @@ pub fn udp_batch_loop(
             let out = &mut outs[tos.len()];
             match resolver.answer(&bufs[i][..lens[i]], client, Transport::Udp, now, out) {
                 Step::Answer => tos.push(froms[i]),
+                Step::AnswerAndPrefetch(miss) => {
+                    tos.push(froms[i]);
+                    let resolver = Arc::clone(&resolver);
+                    runtime.spawn(tracker.track_future(async move {
+                        resolver.prefetch(miss, client, Transport::Udp).await;
+                    }));
+                }
                 Step::Drop => {}
                 Step::Miss(miss) => {
                     let (socket, resolver) = (Arc::clone(&socket), Arc::clone(&resolver));
@@ -250,6 +257,13 @@ async fn tcp_connection(
         let mut out = Vec::new();
         match resolver.answer(&buf, client, Transport::Tcp, now, &mut out) {
             Step::Answer => {
+                if tx.send(out).await.is_err() {
+                    break;
+                }
+            }
+            Step::AnswerAndPrefetch(miss) => {
+                let refresh = Arc::clone(&resolver);
+                tracker.spawn(async move { refresh.prefetch(miss, client, Transport::Tcp).await });
                 if tx.send(out).await.is_err() {
                     break;
                 }

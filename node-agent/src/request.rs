@@ -56,6 +56,27 @@ pub struct Resolver {
     /// The node's resolv.conf: its search domains join the pods' for autopath.
     pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
+    /// The name of our loop probe, wire form: if a query for it reaches us, a server we forward
+    /// to sends our queries back (CoreDNS `loop`).
+    probe: Box<[u8]>,
+    /// Seconds (since `started`) of the last loop warning, to log at most one a minute.
+    last_loop_log: std::sync::atomic::AtomicU64,
+    started: Instant,
+}
+
+/// The probe's name: two random labels under a name no resolver answers.
+fn probe_name() -> String {
+    format!("{:016x}.{:016x}.nodedns-loop.invalid.", rand::random::<u64>(), rand::random::<u64>())
+}
+
+fn wire_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 1);
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
 }
 
 /// Whether `name` (absolute, lower case) is `zone` or below it.
@@ -76,6 +97,9 @@ thread_local! {
 pub enum Step {
     /// The answer is in the output buffer: send it.
     Answer,
+    /// Send the answer, and refresh this popular entry in the background (run
+    /// [`Resolver::prefetch`] off the receive loop).
+    AnswerAndPrefetch(Miss),
     /// Nothing to send (not a query).
     Drop,
     /// A miss: run [`Resolver::miss`] with these (off the receive loop).
@@ -101,7 +125,18 @@ impl Resolver {
         log_queries: bool,
     ) -> Self {
         stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
-        Self { cache, authority, upstream, stubs, log_queries, node, inflight: Mutex::default() }
+        Self {
+            cache,
+            authority,
+            upstream,
+            stubs,
+            log_queries,
+            node,
+            inflight: Mutex::default(),
+            probe: wire_name(&probe_name()).into_boxed_slice(),
+            last_loop_log: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+        }
     }
 
     pub fn route(&self, qname: &str) -> Route {
@@ -156,6 +191,11 @@ impl Resolver {
                 );
                 return Step::Answer;
             }
+            if key.starts_with(&self.probe) {
+                self.loop_detected(client);
+                wire::error_response(packet, Some(&query), 2, out);
+                return Step::Answer;
+            }
             // A pod's possible first search expansion is answered per search context: walked
             // answers are cached under the context's tag, never served to other clients.
             let autopath = {
@@ -170,6 +210,7 @@ impl Resolver {
             };
             if let Lookup::Fresh(entry) = self.cache.lookup(key, now) {
                 entry.write(packet, &query, now, false, transport == Transport::Udp, out);
+                let prefetch = entry.hit_wants_prefetch(now);
                 let source = if entry.negative { Source::CacheDenial } else { Source::CacheSuccess };
                 respond::answered(
                     &Outcome {
@@ -183,6 +224,14 @@ impl Resolver {
                     key,
                     self.log_queries,
                 );
+                if prefetch {
+                    return Step::AnswerAndPrefetch(Miss {
+                        packet: packet.to_vec(),
+                        key: key.as_slice().into(),
+                        query,
+                        autopath,
+                    });
+                }
                 return Step::Answer;
             }
             respond::cache_miss();
@@ -247,6 +296,65 @@ impl Resolver {
             &key,
             self.log_queries,
         );
+    }
+
+    /// Our probe came back: a forwarding loop. Logged at most once a minute, counted always;
+    /// the probe gets SERVFAIL so the loop ends.
+    fn loop_detected(&self, from: SocketAddr) {
+        use std::sync::atomic::Ordering;
+        metrics::counter!("nodedns_loops_detected_total").increment(1);
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_loop_log.load(Ordering::Relaxed);
+        if (last == u64::MAX || now >= last + 60) && self.last_loop_log.swap(now, Ordering::Relaxed) == last {
+            tracing::error!(
+                from = %from,
+                "forwarding loop: a query the agent sent upstream came back to it; an upstream or stub server forwards to this agent (check --upstream, --stub-domain and the node's resolv.conf)"
+            );
+        }
+    }
+
+    /// Sends the loop probe through every upstream and stub server (the answer does not matter:
+    /// only whether the probe comes back to us).
+    pub async fn probe_for_loops(&self) {
+        let name = crate::wire::key_name(&self.probe);
+        let mut query = vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(&self.probe);
+        query.extend_from_slice(&[0, 13, 0, 1]); // HINFO IN, as CoreDNS's loop plugin asks
+        let _ = self.upstream.forward(&query).await;
+        for (_, stub) in &self.stubs {
+            let _ = stub.forward(&query).await;
+        }
+        tracing::debug!(probe = name, "loop probe sent");
+    }
+
+    /// Refreshes a popular entry before it expires (the walk again for an autopath answer).
+    pub async fn prefetch(self: &Arc<Self>, miss: Miss, client: SocketAddr, transport: Transport) {
+        let Miss { packet, key, query, autopath } = miss;
+        crate::respond::prefetched();
+        let plain = &key[..key.len() - if autopath { 9 } else { 0 }];
+        match if autopath { self.autopath(plain, client) } else { None } {
+            Some(candidates) => {
+                // The walk reads through the cache: drop the steps so they are fetched anew.
+                self.walk_fresh(&key, &packet, &query, candidates, client, transport).await;
+            }
+            None => {
+                self.fetch(plain, &packet, client, transport).await;
+            }
+        }
+    }
+
+    async fn walk_fresh(
+        self: &Arc<Self>,
+        tagged: &[u8],
+        packet: &[u8],
+        query: &Query,
+        candidates: Vec<String>,
+        client: SocketAddr,
+        transport: Transport,
+    ) {
+        let key = &tagged[..tagged.len() - 9];
+        self.fetch(key, packet, client, transport).await;
+        self.walk(tagged, packet, query, candidates, client, transport).await;
     }
 
     /// The names to walk when this query is the client pod's first search expansion.

@@ -155,6 +155,10 @@ pub fn cache_miss() {
     handles().misses.increment(1);
 }
 
+pub fn prefetched() {
+    counter!("nodedns_cache_prefetch_total").increment(1);
+}
+
 pub fn coalesced() {
     counter!("nodedns_coalesced_total").increment(1);
 }

@@ -15,6 +15,7 @@ use nodedns_testsupport::{TempDir, shared_dir};
 use tokio_util::sync::CancellationToken;
 
 struct Running {
+    _stop: StopOnDrop,
     dns: SocketAddr,
     authority: std::sync::Arc<nodedns_agent::authority_client::AuthorityLink>,
     admin: SocketAddr,
@@ -23,6 +24,16 @@ struct Running {
     _dir: TempDir,
     cluster: std::path::PathBuf,
     dir_path: std::path::PathBuf,
+}
+
+/// Cancels the agent when dropped (a failed assertion must not leave its threads running, or
+/// the test runtime would wait for them forever).
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl Running {
@@ -55,7 +66,17 @@ async fn start(extra: &[&str]) -> Running {
         .expect("the agent connects to its authority within 20 s")
         .unwrap();
     let dir_path = dir.path().to_owned();
-    Running { dns, authority, admin, shutdown, task, _dir: dir, cluster, dir_path }
+    Running {
+        _stop: StopOnDrop(shutdown.clone()),
+        dns,
+        authority,
+        admin,
+        shutdown,
+        task,
+        _dir: dir,
+        cluster,
+        dir_path,
+    }
 }
 
 async fn ask(server: SocketAddr, name: &str, qtype: &str, edns: Option<u16>) -> Message {
@@ -221,4 +242,71 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.unwrap().unwrap();
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_loop_is_detected_and_logged_not_followed() {
+    // Listeners first, so the relay knows where to send our queries back.
+    let dir = TempDir::new("agent-loop");
+    let fixture = std::fs::read_to_string(shared_dir().join("conformance/cluster.yaml")).unwrap();
+    let cluster = dir.write("cluster.yaml", &fixture);
+    let base = ["nodedns-agent", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let first = Config::resolve(
+        &Args::try_parse_from(
+            base.iter().copied().chain(["--standalone-cluster-file", cluster.to_str().unwrap()]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let listeners = Listeners::bind(&first).unwrap();
+    let (dns, admin) = (listeners.dns_addrs()[0], listeners.admin_addr().unwrap());
+    // A "resolver" that forwards everything back to the agent: the classic node resolv.conf loop.
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+            let _ = back.send_to(&buf[..n], dns).await;
+            let mut answer = vec![0u8; 4096];
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), back.recv(&mut answer)).await {
+                let _ = relay.send_to(&answer[..m], from).await;
+            }
+        }
+    });
+    let argv: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--standalone-cluster-file",
+            cluster.to_str().unwrap(),
+            "--upstream",
+            &relay_addr,
+            "--timeout",
+            "1",
+        ])
+        .collect();
+    let config = Config::resolve(&Args::try_parse_from(argv).unwrap()).unwrap();
+    let agent = Agent::new(config);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(listeners, shutdown.clone()));
+    // The start-up probe goes out, comes back through the relay, and is caught.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        let caught = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("nodedns_loops_detected_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|n| n >= 1.0);
+        if caught {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "loop not detected within 20 s:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cluster names still answer (they never go upstream).
+    assert_eq!(addresses(&ask(dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
+    shutdown.cancel();
+    assert!(task.await.unwrap().is_ok());
 }

@@ -36,10 +36,21 @@ fn renumbered_fixture() -> String {
 }
 
 struct Running {
+    _stop: StopOnDrop,
     dns: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), nodedns_agent::AgentError>>,
     _dir: TempDir,
+}
+
+/// Cancels the agent when dropped (a failed assertion must not leave its threads running, or
+/// the test runtime would wait for them forever).
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 async fn start(upstream: SocketAddr) -> Running {
@@ -74,7 +85,7 @@ async fn start(upstream: SocketAddr) -> Running {
         .await
         .expect("node-b's pods within 20 s")
         .unwrap();
-    Running { dns, shutdown, task, _dir: dir }
+    Running { _stop: StopOnDrop(shutdown.clone()), dns, shutdown, task, _dir: dir }
 }
 
 fn bind_for(source_ip: Option<&str>) -> SocketAddr {

@@ -184,3 +184,18 @@ fn the_byte_bound_holds_under_a_flood_of_unique_names() {
     let evicted = cache.evict_names(names.iter().map(String::as_str));
     assert_eq!(evicted as u64, live);
 }
+
+#[test]
+fn popular_entries_ask_for_one_refresh_in_their_last_tenth() {
+    let index = index();
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    let key = cached(&cache, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    let Lookup::Fresh(e) = cache.lookup(&key, t0) else { panic!("fresh") };
+    // TTL 30: the last tenth is the last 3 s.
+    assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(28)), "not popular yet (1 hit)");
+    assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(1)), "popular enough? not yet (2 hits)");
+    assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(2)), "popular, but early in its life");
+    assert!(e.hit_wants_prefetch(t0 + Duration::from_secs(27)), "popular and in its last tenth");
+    assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(28)), "one refresh at a time");
+}

@@ -4,7 +4,8 @@
 //! - `servfail.*`: SERVFAIL; `nx.*`: NXDOMAIN with an SOA (negative TTL 60);
 //! - anything else: one A record, 192.0.2.1, TTL 300.
 //!
-//! It counts the queries it gets per transport. [`silent`] gives an address that never answers.
+//! It counts the queries it gets per transport, leaving out the agent's loop probes (names under
+//! `nodedns-loop.invalid.`). [`silent`] gives an address that never answers.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +30,14 @@ impl Drop for FakeUpstream {
             t.abort();
         }
     }
+}
+
+/// Whether `query` is the agent's loop probe (not counted).
+fn is_probe(query: &[u8]) -> bool {
+    Message::from_vec(query)
+        .ok()
+        .and_then(|m| m.queries.first().map(|q| q.name().to_ascii().to_ascii_lowercase()))
+        .is_some_and(|n| n.ends_with(".nodedns-loop.invalid."))
 }
 
 fn answer(query: &[u8], udp: bool) -> Option<Vec<u8>> {
@@ -87,7 +96,9 @@ impl FakeUpstream {
         let udp_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {
-                count.fetch_add(1, Ordering::Relaxed);
+                if !is_probe(&buf[..n]) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(a) = answer(&buf[..n], true) {
                     let _ = udp.send_to(&a, from).await;
                 }
@@ -103,7 +114,9 @@ impl FakeUpstream {
                         if stream.read_exact(&mut q).await.is_err() {
                             return;
                         }
-                        count.fetch_add(1, Ordering::Relaxed);
+                        if !is_probe(&q) {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
                         let Some(a) = answer(&q, false) else { return };
                         let mut framed = (a.len() as u16).to_be_bytes().to_vec();
                         framed.extend_from_slice(&a);
