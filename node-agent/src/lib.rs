@@ -218,6 +218,7 @@ impl Agent {
         let addrs = listeners.dns_addrs();
         let admin_addr = listeners.admin_addr();
         let queries = TaskTracker::new();
+        let mut udp_sockets = Vec::new();
         for sockets in listeners.dns {
             for socket in sockets.udp {
                 // Blocking, with a receive timeout so the loop notices `stop`.
@@ -225,8 +226,9 @@ impl Agent {
                     .set_nonblocking(false)
                     .and_then(|()| socket.set_read_timeout(Some(listener::STOP_CHECK)))
                     .map_err(|source| BindError { what: "UDP", addr: sockets.addr, source })?;
-                let (socket, resolver, stop, queries) =
-                    (Arc::new(socket), Arc::clone(&resolver), stop.clone(), queries.clone());
+                let socket = Arc::new(socket);
+                udp_sockets.push(Arc::clone(&socket));
+                let (resolver, stop, queries) = (Arc::clone(&resolver), stop.clone(), queries.clone());
                 let runtime = tokio::runtime::Handle::current();
                 tracker.spawn_blocking(move || {
                     listener::udp_batch_loop(socket, resolver, stop, queries, runtime)
@@ -281,6 +283,11 @@ impl Agent {
         self.draining.cancel();
         info!("shutting down: /ready is false, listeners close, in-flight queries finish");
         stop.cancel();
+        // Wake the UDP threads blocked in recvmmsg now rather than at their receive timeout
+        // (shutting down the read side wakes a blocked reader even on an unconnected UDP socket).
+        for socket in &udp_sockets {
+            let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
+        }
         queries.close();
         if tokio::time::timeout(self.config.timeout + Duration::from_secs(1), queries.wait()).await.is_err() {
             warn!("some queries did not finish before exit");
