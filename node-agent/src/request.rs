@@ -486,6 +486,8 @@ impl Resolver {
             Route::Upstream => self.upstream.forward(packet).await.map_err(|_| "upstream"),
         };
         match result {
+            // Nothing shorter than a header is passed on: the id and flags could not be set.
+            Ok(response) if response.len() < wire::HEADER => Fetched::Failed("answer shorter than a header"),
             Ok(response) => {
                 match self.cache.insert(key, &response, Instant::now(), route == Route::Authority) {
                     Some(entry) => Fetched::Entry(entry),
