@@ -45,7 +45,15 @@ pub fn search_list(pod: &PodEntry, node: &ResolvConf) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodContext {
     pub first: Box<[u8]>,
-    pub tag: [u8; 9],
+    pub tag: [u8; TAG_LEN],
+}
+
+/// Bytes a search-context tag adds to a cache key (a marker byte and a 64-bit hash).
+pub const TAG_LEN: usize = 9;
+
+/// The asked key without the tag an autopath client's key carries.
+pub fn untagged(key: &[u8], tagged: bool) -> &[u8] {
+    &key[..key.len() - if tagged { TAG_LEN } else { 0 }]
 }
 
 /// The autopath context of `pod`, `None` when it is never autopathed.
@@ -55,17 +63,11 @@ pub fn context(pod: &PodEntry, node: &ResolvConf) -> Option<PodContext> {
         return None;
     }
     let search = search_list(pod, node);
-    let first = search.first()?;
-    let mut wire = Vec::with_capacity(first.len() + 1);
-    for label in first.trim_end_matches('.').split('.') {
-        wire.push(u8::try_from(label.len()).ok()?);
-        wire.extend_from_slice(label.as_bytes());
-    }
-    wire.push(0);
+    let wire = crate::wire::encode_name(search.first()?)?;
     let ndots = pod.ndots.map_or(node.ndots.unwrap_or(1), |n| u8::try_from(n.min(15)).unwrap_or(15));
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (&search, ndots).hash(&mut hasher);
-    let mut tag = [0xffu8; 9];
+    let mut tag = [0xffu8; TAG_LEN];
     tag[1..].copy_from_slice(&hasher.finish().to_be_bytes());
     Some(PodContext { first: wire.into_boxed_slice(), tag })
 }
@@ -110,14 +112,7 @@ pub fn candidate_query(
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(packet.len() + name.len());
     out.extend_from_slice(packet.get(..crate::wire::HEADER)?);
-    for label in name.trim_end_matches('.').split('.') {
-        out.push(u8::try_from(label.len()).ok().filter(|l| *l > 0 && *l < 64)?);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    if out.len() - crate::wire::HEADER > 255 {
-        return None;
-    }
+    out.extend(crate::wire::encode_name(name)?);
     out.extend_from_slice(&qtype.to_be_bytes());
     out.extend_from_slice(&qclass.to_be_bytes());
     out.extend_from_slice(packet.get(question_end..)?);

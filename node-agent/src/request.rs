@@ -69,16 +69,6 @@ fn probe_name() -> String {
     format!("{:016x}.{:016x}.nodedns-loop.invalid.", rand::random::<u64>(), rand::random::<u64>())
 }
 
-fn wire_name(name: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(name.len() + 1);
-    for label in name.trim_end_matches('.').split('.') {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
-}
-
 /// Whether `name` (absolute, lower case) is `zone` or below it.
 pub fn in_zone(name: &str, zone: &str) -> bool {
     zone == "."
@@ -133,7 +123,7 @@ impl Resolver {
             log_queries,
             node,
             inflight: Mutex::default(),
-            probe: wire_name(&probe_name()).into_boxed_slice(),
+            probe: wire::encode_name(&probe_name()).unwrap_or_default().into_boxed_slice(),
             last_loop_log: std::sync::atomic::AtomicU64::new(u64::MAX),
             started: Instant::now(),
         }
@@ -249,7 +239,7 @@ impl Resolver {
         out: &mut Vec<u8>,
     ) {
         let Miss { packet, key, query, autopath } = miss;
-        let plain = &key[..key.len() - if autopath { 9 } else { 0 }];
+        let plain = autopath::untagged(&key, autopath);
         let candidates = if autopath { self.autopath(plain, client) } else { None };
         let fetched = match candidates {
             Some(candidates) => self.walk(&key, &packet, &query, candidates, client, transport).await,
@@ -331,30 +321,18 @@ impl Resolver {
     pub async fn prefetch(self: &Arc<Self>, miss: Miss, client: SocketAddr, transport: Transport) {
         let Miss { packet, key, query, autopath } = miss;
         crate::respond::prefetched();
-        let plain = &key[..key.len() - if autopath { 9 } else { 0 }];
+        let plain = autopath::untagged(&key, autopath);
         match if autopath { self.autopath(plain, client) } else { None } {
             Some(candidates) => {
-                // The walk reads through the cache: drop the steps so they are fetched anew.
-                self.walk_fresh(&key, &packet, &query, candidates, client, transport).await;
+                // The asked name is fetched anew; the walk then reads the other steps through
+                // the cache.
+                self.fetch(plain, &packet, client, transport).await;
+                self.walk(&key, &packet, &query, candidates, client, transport).await;
             }
             None => {
                 self.fetch(plain, &packet, client, transport).await;
             }
         }
-    }
-
-    async fn walk_fresh(
-        self: &Arc<Self>,
-        tagged: &[u8],
-        packet: &[u8],
-        query: &Query,
-        candidates: Vec<String>,
-        client: SocketAddr,
-        transport: Transport,
-    ) {
-        let key = &tagged[..tagged.len() - 9];
-        self.fetch(key, packet, client, transport).await;
-        self.walk(tagged, packet, query, candidates, client, transport).await;
     }
 
     /// The names to walk when this query is the client pod's first search expansion.
@@ -379,7 +357,7 @@ impl Resolver {
         transport: Transport,
     ) -> Fetched {
         let started = Instant::now();
-        let key = &tagged[..tagged.len() - 9];
+        let key = autopath::untagged(tagged, true);
         let first = self.cached_or_fetch(key, packet, client, transport).await;
         if !matches!(&first, Fetched::Entry(e) if e.rcode == 3) {
             autopath::count("asked_name", started);

@@ -143,6 +143,21 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// A presentation name (`a.example.` or `a.example`) in wire form, lower case as given; `None`
+/// for an empty or over-long label or a name over 255 bytes.
+pub fn encode_name(name: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    let bare = name.trim_end_matches('.');
+    if !bare.is_empty() {
+        for label in bare.split('.') {
+            out.push(u8::try_from(label.len()).ok().filter(|l| *l > 0 && *l < 64)?);
+            out.extend_from_slice(label.as_bytes());
+        }
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}
+
 /// The end of the (single) question of a message.
 pub fn parse_question_end(msg: &[u8]) -> Option<usize> {
     if msg.len() < HEADER || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
@@ -309,6 +324,7 @@ mod tests {
 
     fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
         let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+        // Encoded by hand: the tests need names encode_name refuses (over 255 bytes).
         for label in name.trim_end_matches('.').split('.') {
             q.push(label.len() as u8);
             q.extend_from_slice(label.as_bytes());
