@@ -7,26 +7,9 @@ use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RData;
-use nodedns_kubesim::{FakeApi, Kind};
+use nodedns_kubesim::Kind;
 use nodedns_testsupport::client::ask;
-use nodedns_testsupport::{TempDir, shared_dir};
 use serde_json::{Value, json};
-
-struct Cluster {
-    api: FakeApi,
-    _dir: TempDir,
-    kubeconfig: String,
-}
-
-/// A fake API server loaded with the conformance fixture, and a kubeconfig for it.
-async fn cluster() -> Cluster {
-    let api = FakeApi::start().await.expect("fake API server starts");
-    let fixture = std::fs::read_to_string(shared_dir().join("conformance/cluster.yaml")).unwrap();
-    assert!(api.load_yaml(&fixture).unwrap() > 30);
-    let dir = TempDir::new("kube");
-    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig()).to_str().unwrap().to_owned();
-    Cluster { api, _dir: dir, kubeconfig }
-}
 
 async fn answer(s: &support::Running, name: &str, qtype: &str) -> (ResponseCode, Vec<String>) {
     let (msg, _) = ask(s.dns, name, qtype).await.unwrap();
@@ -66,7 +49,7 @@ const NX: ResponseCode = ResponseCode::NXDomain;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_sync_then_every_kind_of_change_reaches_answers() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     let s = support::start(&["--kubeconfig", &c.kubeconfig]).await;
     assert_eq!(support::http_get(s.admin, "/ready").await.0, 200);
     assert_eq!(answer(&s, "svc1.testns.svc.cluster.local.", "A").await, (OK, vec!["10.0.0.1".into()]));
@@ -142,7 +125,7 @@ async fn initial_sync_then_every_kind_of_change_reaches_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_history_relists_after_410_gone() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     let s = support::start(&["--kubeconfig", &c.kubeconfig]).await;
     let lists = c.api.list_requests();
     // While the watches are down a change happens and the history is compacted past it: the
@@ -171,7 +154,7 @@ async fn missed_history_relists_after_410_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_down_at_start_gates_readiness_and_answers_servfail_not_nxdomain() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     c.api.set_down(true);
     let s = support::start_unsynced(&["--kubeconfig", &c.kubeconfig]).await;
     // Nothing listed yet: not ready, and cluster names are unknown (SERVFAIL), not absent.
@@ -201,7 +184,7 @@ async fn api_down_at_start_gates_readiness_and_answers_servfail_not_nxdomain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_and_label_filters() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     c.api.apply(service("testns", "internal", "10.0.9.4", json!({"tier": "internal"})));
     let s = support::start(&[
         "--kubeconfig",

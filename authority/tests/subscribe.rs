@@ -9,31 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use nodedns_kubesim::{FakeApi, Kind};
+use nodedns_kubesim::Kind;
 use nodedns_proto::v1::authority_client::AuthorityClient;
 use nodedns_proto::v1::subscribe_response::Event;
 use nodedns_proto::v1::{
     NodeSearch, PodEntry, ResolveRequest, ResolveStatus, SubscribeRequest, SubscribeResponse, Transport,
 };
 use nodedns_testsupport::client::build;
-use nodedns_testsupport::{TempDir, shared_dir};
+use nodedns_testsupport::shared_dir;
 use serde_json::{Value, json};
 use tonic::Streaming;
-
-struct Cluster {
-    api: FakeApi,
-    _dir: TempDir,
-    kubeconfig: String,
-}
-
-async fn cluster() -> Cluster {
-    let api = FakeApi::start().await.expect("fake API server starts");
-    let fixture = std::fs::read_to_string(shared_dir().join("conformance/cluster.yaml")).unwrap();
-    assert!(api.load_yaml(&fixture).unwrap() > 30);
-    let dir = TempDir::new("subscribe");
-    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig()).to_str().unwrap().to_owned();
-    Cluster { api, _dir: dir, kubeconfig }
-}
 
 async fn subscribe(
     addr: SocketAddr,
@@ -162,7 +147,7 @@ fn fixture_ips(node: &str) -> BTreeSet<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_their_node_and_name_every_change() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     let s = support::start(&["--kubeconfig", &c.kubeconfig]).await;
     assert!(c.api.wait_open_watches(4, Duration::from_secs(20)).await, "one watch per kind");
     let mut stream_a = subscribe(s.grpc, "node-a", 0).await.expect("Subscribe opens");
@@ -282,7 +267,7 @@ async fn subscriptions_follow_their_node_and_name_every_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_subscription_catches_up_to_a_consistent_state() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     let s = support::start(&["--kubeconfig", &c.kubeconfig]).await;
     assert!(c.api.wait_open_watches(4, Duration::from_secs(20)).await);
     let mut stream = subscribe(s.grpc, "node-a", 0).await.unwrap();
@@ -335,7 +320,7 @@ async fn a_resumed_subscription_catches_up_to_a_consistent_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_and_draining_are_explicit() {
-    let c = cluster().await;
+    let c = support::cluster().await;
     c.api.set_down(true);
     let s = support::start_unsynced(&["--kubeconfig", &c.kubeconfig, "--lameduck", "1"]).await;
     let err = subscribe(s.grpc, "node-a", 0).await.expect_err("refused before the first list");

@@ -4,7 +4,6 @@
 //! then makes Service changes in the API and times how long each takes to reach every agent.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,7 +15,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::cluster_gen::{self, Shape};
-use crate::kube_bench::{Authority, cpu_seconds, free_port, http_status, percentile, rss};
+use crate::kube_bench::{Authority, cpu_seconds, free_port, percentile, rss};
 
 pub struct Options {
     pub shape: Shape,
@@ -79,30 +78,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let dns = format!("127.0.0.1:{}", free_port()?);
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let grpc = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new(&opts.authority)
-        .args(["--kubeconfig", kubeconfig.to_str().context("utf-8 path")?])
-        .args(["--dns-listen", &dns, "--admin-listen", &admin.to_string(), "--grpc-listen", &grpc])
-        .args(["--lameduck", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", opts.authority.display()))?;
-    let authority = Authority(child);
-    let pid = authority.0.id();
-    let ready = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            if http_status(admin, "/ready") == Some(200) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    })
+    let authority = Authority::start(
+        &opts.authority,
+        &kubeconfig,
+        admin,
+        &["--dns-listen", &dns, "--grpc-listen", &grpc],
+    )
     .await?;
-    if !ready {
-        bail!("the authority was not ready within 300 s");
-    }
+    let pid = authority.pid();
     let (rss_before, _) = rss(pid);
     println!("authority ready; RSS {rss_before:.1} MiB before any agent");
 

@@ -28,6 +28,46 @@ pub struct Options {
 /// Stops the child on every exit path.
 pub(crate) struct Authority(pub(crate) Child);
 
+impl Authority {
+    /// Starts `binary` against `kubeconfig` with `extra` flags (listen addresses), its admin
+    /// listener on `admin`, and waits up to 300 s for `/ready`.
+    pub(crate) async fn start(
+        binary: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let child = Command::new(binary)
+            .args(["--kubeconfig", kubeconfig.to_str().context("utf-8 path")?])
+            .args(["--admin-listen", &admin.to_string(), "--lameduck", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let authority = Authority(child);
+        let ready = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                if http_status(admin, "/ready") == Some(200) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+        .await?;
+        if !ready {
+            bail!("the authority was not ready within 300 s");
+        }
+        Ok(authority)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Authority {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -119,29 +159,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
 
     let started = Instant::now();
-    let child = Command::new(&opts.authority)
-        .args(["--kubeconfig", kubeconfig.to_str().context("utf-8 path")?])
-        .args(["--dns-listen", &dns.to_string(), "--admin-listen", &admin.to_string(), "--lameduck", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", opts.authority.display()))?;
-    let authority = Authority(child);
-    let pid = authority.0.id();
-    let ready = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            if http_status(admin, "/ready") == Some(200) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    })
-    .await?;
-    if !ready {
-        bail!("the authority was not ready within 300 s");
-    }
+    let authority =
+        Authority::start(&opts.authority, &kubeconfig, admin, &["--dns-listen", &dns.to_string()]).await?;
+    let pid = authority.pid();
     let sync = started.elapsed();
     let (rss_now, rss_peak) = rss(pid);
     println!(

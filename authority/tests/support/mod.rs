@@ -120,3 +120,21 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// A fake API server (nodedns-kubesim) loaded with the conformance fixture, and a kubeconfig
+/// for it.
+pub struct Cluster {
+    pub api: nodedns_kubesim::FakeApi,
+    _dir: nodedns_testsupport::TempDir,
+    pub kubeconfig: String,
+}
+
+pub async fn cluster() -> Cluster {
+    let api = nodedns_kubesim::FakeApi::start().await.expect("fake API server starts");
+    let fixture =
+        std::fs::read_to_string(nodedns_testsupport::shared_dir().join("conformance/cluster.yaml")).unwrap();
+    assert!(api.load_yaml(&fixture).unwrap() > 30);
+    let dir = nodedns_testsupport::TempDir::new("kube");
+    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig()).to_str().unwrap().to_owned();
+    Cluster { api, _dir: dir, kubeconfig }
+}
