@@ -1,9 +1,11 @@
 //! Test support shared by nodedns crates: DNS clients over real sockets ([`client`]), the
-//! conformance corpus of `../shared/conformance` and its checker ([`corpus`]), and where the shared
-//! folder is ([`shared_dir`]). One copy, used by every crate's tests.
+//! conformance corpus of `../shared/conformance` and its checker ([`corpus`]), the deployment
+//! manifests as data ([`manifests`]), and where the shared folder is ([`shared_dir`]). One copy,
+//! used by every crate's tests.
 
 pub mod client;
 pub mod corpus;
+pub mod manifests;
 pub mod upstream;
 
 use std::path::PathBuf;
