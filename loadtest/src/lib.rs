@@ -7,7 +7,12 @@
 //!   query file over its names.
 //! - [`kube_bench`]: the authority's API source at scale (sync time, memory, change latency).
 //! - [`fanout_bench`]: many simulated agents subscribed over gRPC: memory and notice fan-out time.
+//! - [`agent_memory`]: the agent's RSS holding N cached answers.
+//! - [`search_path`]: a pod's `ndots:5` search-path sequence through the agent, with and without
+//!   autopath: client round trips per resolved name.
 
+pub mod agent_memory;
 pub mod cluster_gen;
 pub mod fanout_bench;
 pub mod kube_bench;
+pub mod search_path;

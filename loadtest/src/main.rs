@@ -3,6 +3,8 @@
 //! - `zone-memory`: build the zone index of a cluster file and report its heap size;
 //! - `kube-bench`: the authority against the fake API server: sync, memory, change latency;
 //! - `fanout-bench`: many simulated agents subscribed: memory and notice fan-out time;
+//! - `search-path`: a pod's ndots:5 search-path lookups through the agent, autopath off and on;
+//! - `agent-memory`: the agent's RSS holding N cached answers;
 //! - `query`: ask one question and print the answer (a dig stand-in for the README demo).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -142,6 +144,33 @@ enum Command {
         #[arg(long, default_value = "target/release/nodedns-authority")]
         authority: PathBuf,
     },
+    /// Resolve names as a pod with ndots:5 does (each search suffix in turn, A and AAAA) through
+    /// the agent binary in standalone mode, with autopath off and then on, and report client
+    /// round trips, queries and latency per name.
+    SearchPath {
+        #[arg(long, default_value = "target/release/nodedns-agent")]
+        agent: PathBuf,
+        /// Names resolved per pass.
+        #[arg(long, default_value_t = 2000)]
+        names: usize,
+        /// Milliseconds the upstream stand-in waits before answering (a real upstream's RTT).
+        #[arg(long, default_value_t = 0.0)]
+        upstream_delay_ms: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill the agent's cache (standalone mode, upstream stand-in) with N unique answers and
+    /// report its RSS and the cache's own figures.
+    AgentMemory {
+        #[arg(long, default_value = "target/release/nodedns-agent")]
+        agent: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// Extra flags for the agent, e.g. `--agent-arg=--cache-bytes=67108864`; repeatable.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -192,6 +221,19 @@ fn main() -> anyhow::Result<()> {
                 agents,
                 changes,
             }))?;
+        }
+        Command::SearchPath { agent, names, upstream_delay_ms, json } => {
+            let opts = nodedns_load::search_path::Options {
+                agent,
+                names,
+                upstream_delay: std::time::Duration::from_secs_f64(upstream_delay_ms.max(0.0) / 1e3),
+                json,
+            };
+            tokio::runtime::Runtime::new()?.block_on(nodedns_load::search_path::run(opts))?
+        }
+        Command::AgentMemory { agent, entries, agent_args } => {
+            let opts = nodedns_load::agent_memory::Options { agent, entries, agent_args };
+            tokio::runtime::Runtime::new()?.block_on(nodedns_load::agent_memory::run(opts))?
         }
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }

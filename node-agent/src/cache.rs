@@ -2,7 +2,7 @@
 //! class and the DO/CD bits. A hit copies the stored bytes and rewrites only the id, the
 //! question's letter case, RD and the TTLs (aged by the time spent in the cache). Positive and
 //! negative answers (RFC 2308: negative TTL from the authority SOA), min/max TTL caps, a bound in
-//! bytes (moka), and stale answers kept for a while past expiry (RFC 8767) for when the source
+//! bytes (quick_cache), and stale answers kept for a while past expiry (RFC 8767) for when the source
 //! cannot answer.
 //!
 //! Cluster answers (from the authority) are also indexed by every owner name they hold, so a
@@ -43,29 +43,38 @@ impl Default for Limits {
     }
 }
 
-/// A cached response.
+/// A cached response, in as few allocations as a hit needs: one for the bytes, and one more for
+/// cluster answers' notice-index names (100,000 cached answers are otherwise mostly allocator
+/// overhead).
 #[derive(Debug)]
 pub struct Entry {
-    /// The response with id 0 and without OPT (added per client on a hit).
-    wire: Box<[u8]>,
-    ttl_offsets: Box<[u16]>,
-    question_end: usize,
-    stored: Instant,
+    /// The response with id 0 and without OPT (added per client on a hit), followed by the
+    /// offsets of its TTL fields (`u16`, native byte order).
+    data: Box<[u8]>,
+    /// Length of the response in `data`.
+    wire_len: u16,
+    question_end: u16,
     /// Seconds the entry is fresh for.
     ttl: u32,
+    stored: Instant,
+    /// Hits served from this entry.
+    hits: AtomicU32,
     pub negative: bool,
     /// The response code (0 NOERROR, 3 NXDOMAIN: the only ones cached).
     pub rcode: u8,
-    /// Came from the authority: indexed for change notices.
-    pub cluster: bool,
-    /// Owner names (for the notice index).
+    /// A refresh is under way (one per entry).
+    prefetching: AtomicBool,
+    /// Cluster answers (from the authority) only: the names a change notice finds them by.
+    names: Option<Box<NoticeNames>>,
+}
+
+/// The names the notice index holds a cluster answer under.
+#[derive(Debug)]
+struct NoticeNames {
+    /// Owner names in the answer, plus names whose change alters it without being in it.
     owners: Box<[Box<str>]>,
     /// The question name (lower case).
     qname: Box<str>,
-    /// Hits served from this entry.
-    hits: AtomicU32,
-    /// A refresh is under way (one per entry).
-    prefetching: AtomicBool,
 }
 
 /// Hits after which an entry is popular enough to be refreshed before it expires.
@@ -84,6 +93,21 @@ impl Entry {
             .saturating_sub(now.saturating_duration_since(self.stored));
         let threshold = Duration::from_secs(u64::from((self.ttl / 10).max(1)));
         left <= threshold && !self.prefetching.swap(true, Ordering::Relaxed)
+    }
+
+    /// Came from the authority: indexed for change notices.
+    pub fn is_cluster(&self) -> bool {
+        self.names.is_some()
+    }
+
+    fn wire(&self) -> &[u8] {
+        &self.data[..usize::from(self.wire_len)]
+    }
+
+    fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.data[usize::from(self.wire_len)..]
+            .chunks_exact(2)
+            .map(|c| usize::from(u16::from_ne_bytes([c[0], c[1]])))
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -109,15 +133,15 @@ impl Entry {
         out: &mut Vec<u8>,
     ) {
         out.clear();
-        out.extend_from_slice(&self.wire);
+        out.extend_from_slice(self.wire());
         out[..2].copy_from_slice(&query.id.to_be_bytes());
         out[2] = (out[2] & !0x01) | u8::from(query.rd);
-        if self.question_end == query.question_end && out.len() >= self.question_end {
-            out[wire::HEADER..self.question_end].copy_from_slice(&packet[wire::HEADER..query.question_end]);
+        let question_end = usize::from(self.question_end);
+        if question_end == query.question_end && out.len() >= question_end {
+            out[wire::HEADER..question_end].copy_from_slice(&packet[wire::HEADER..query.question_end]);
         }
         let age = u32::try_from(now.saturating_duration_since(self.stored).as_secs()).unwrap_or(u32::MAX);
-        for &at in self.ttl_offsets.iter() {
-            let at = usize::from(at);
+        for at in self.ttl_offsets() {
             let Some(field) = out.get_mut(at..at + 4) else { continue };
             let original = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
             let ttl = if stale { STALE_TTL } else { original.saturating_sub(age) };
@@ -185,10 +209,12 @@ fn remove_key(map: &mut HashMap<Box<str>, HashSet<Box<[u8]>>>, name: &str, key: 
 
 impl Index {
     fn add(&mut self, key: &[u8], e: &Entry) {
+        let negative = e.negative;
+        let Some(e) = &e.names else { return };
         for name in e.owners.iter().chain(std::iter::once(&e.qname)) {
             self.by_name.entry(name.clone()).or_default().insert(key.into());
         }
-        if e.negative {
+        if negative {
             self.negative.entry(reversed(&e.qname)).or_default().insert(key.into());
         }
         if let Some(parent) = wildcard_parent(&e.qname) {
@@ -197,10 +223,12 @@ impl Index {
     }
 
     fn remove(&mut self, key: &[u8], e: &Entry) {
+        let negative = e.negative;
+        let Some(e) = &e.names else { return };
         for name in e.owners.iter().chain(std::iter::once(&e.qname)) {
             remove_key(&mut self.by_name, name, key);
         }
-        if e.negative {
+        if negative {
             let r = reversed(&e.qname);
             if let Some(set) = self.negative.get_mut(&r) {
                 set.remove(key);
@@ -237,51 +265,115 @@ impl Index {
     }
 }
 
+/// The store: quick_cache's sharded map with S3-FIFO eviction under a bound in bytes. moka, which
+/// the design first used, costs about 340 bytes per entry of its own (its timer wheel, access
+/// deques and hash buckets) and 1,500 instructions per lookup; quick_cache about 25 bytes and a
+/// few hundred (`BENCHMARKS.md`). Expiry is ours: a lookup checks the entry's age, and
+/// [`Cache::sweep`] drops entries past their stale window.
+type Store =
+    quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Weigh, quick_cache::DefaultHashBuilder, Evictions>;
+
 pub struct Cache {
-    entries: moka::sync::Cache<Box<[u8]>, Arc<Entry>>,
+    entries: Store,
     limits: Limits,
     index: Arc<Mutex<Index>>,
 }
 
-struct Expiry(Duration);
+/// Bytes an entry holds: response, key and the entry's fixed part.
+#[derive(Clone)]
+struct Weigh;
 
-impl moka::Expiry<Box<[u8]>, Arc<Entry>> for Expiry {
-    fn expire_after_create(
-        &self,
-        _key: &Box<[u8]>,
-        value: &Arc<Entry>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(u64::from(value.ttl)) + self.0)
+impl quick_cache::Weighter<Box<[u8]>, Arc<Entry>> for Weigh {
+    fn weight(&self, key: &Box<[u8]>, entry: &Arc<Entry>) -> u64 {
+        let names: usize = entry
+            .names
+            .as_ref()
+            .map_or(0, |n| n.qname.len() + 48 + n.owners.iter().map(|o| o.len() + 16).sum::<usize>());
+        (key.len() + entry.data.len() + names + 160) as u64
     }
 }
 
-/// Bytes an entry holds: response, key and the entry's fixed part.
-#[allow(clippy::borrowed_box)] // moka's weigher signature takes `&K`
-fn weigh(key: &Box<[u8]>, entry: &Arc<Entry>) -> u32 {
-    let names: usize = entry.owners.iter().map(|n| n.len() + 16).sum();
-    u32::try_from(key.len() + entry.wire.len() + entry.ttl_offsets.len() * 2 + names + 160)
-        .unwrap_or(u32::MAX)
+/// Collects what an insert evicted, so the notice index is updated after the store's shard lock
+/// is released.
+#[derive(Clone)]
+struct Evictions;
+
+impl quick_cache::Lifecycle<Box<[u8]>, Arc<Entry>> for Evictions {
+    type RequestState = Vec<(Box<[u8]>, Arc<Entry>)>;
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: Box<[u8]>, entry: Arc<Entry>) {
+        state.push((key, entry));
+    }
 }
 
 impl Cache {
     pub fn new(limits: Limits) -> Self {
-        let index: Arc<Mutex<Index>> = Arc::default();
-        let listener_index = Arc::clone(&index);
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(limits.max_bytes)
-            .weigher(weigh)
-            .expire_after(Expiry(limits.stale_for))
-            .eviction_listener(move |key: Arc<Box<[u8]>>, value: Arc<Entry>, cause| {
-                if value.cluster && cause != moka::notification::RemovalCause::Replaced {
-                    listener_index.lock().unwrap_or_else(PoisonError::into_inner).remove(&key, &value);
+        // Room for about one entry per 256 bytes of the bound (a typical A answer weighs ~250).
+        let items = usize::try_from(limits.max_bytes / 256).unwrap_or(usize::MAX).max(16);
+        // A shard holds 1/shards of the bound, and an answer must fit in one: no shard under
+        // 256 KiB (small caches get one shard), at most 64.
+        let shards = usize::try_from(limits.max_bytes >> 18).unwrap_or(64).clamp(1, 64);
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(items)
+            .weight_capacity(limits.max_bytes)
+            .build()
+            .expect("items and weight capacity are set");
+        let entries =
+            Store::with_options(options, Weigh, quick_cache::DefaultHashBuilder::default(), Evictions);
+        Self { entries, limits, index: Arc::default() }
+    }
+
+    /// Takes evicted entries out of the notice index and counts them.
+    fn evicted(&self, evicted: Vec<(Box<[u8]>, Arc<Entry>)>) {
+        if evicted.is_empty() {
+            return;
+        }
+        metrics::counter!("coredns_cache_evictions_total").increment(evicted.len() as u64);
+        if evicted.iter().any(|(_, e)| e.is_cluster()) {
+            let mut index = self.lock_index();
+            for (key, entry) in &evicted {
+                index.remove(key, entry);
+            }
+        }
+    }
+
+    /// Removes `key`, and its names from the notice index.
+    fn remove(&self, key: &[u8]) -> bool {
+        match self.entries.remove(key) {
+            Some((key, entry)) => {
+                if entry.is_cluster() {
+                    self.lock_index().remove(&key, &entry);
                 }
-                if cause.was_evicted() {
-                    metrics::counter!("coredns_cache_evictions_total").increment(1);
-                }
-            })
-            .build();
-        Self { entries, limits, index }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops entries past their stale window (the cache's own expiry; run every few seconds).
+    /// Returns about how many went (exact when nothing is inserted meanwhile).
+    pub fn sweep(&self, now: Instant) -> usize {
+        let stale_for = self.limits.stale_for;
+        let gone = Mutex::new(Vec::new());
+        let before = self.entries.len();
+        self.entries.retain(|key, entry| {
+            let keep = now.saturating_duration_since(entry.stored)
+                < Duration::from_secs(u64::from(entry.ttl)) + stale_for;
+            if !keep && entry.is_cluster() {
+                gone.lock().unwrap_or_else(PoisonError::into_inner).push((key.clone(), Arc::clone(entry)));
+            }
+            keep
+        });
+        let removed = before.saturating_sub(self.entries.len());
+        let gone = gone.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if !gone.is_empty() {
+            let mut index = self.lock_index();
+            for (key, entry) in &gone {
+                index.remove(key, entry);
+            }
+        }
+        removed
     }
 
     pub fn limits(&self) -> &Limits {
@@ -341,30 +433,38 @@ impl Cache {
             return None;
         }
         wire[..2].fill(0);
-        let question_end = wire::parse_question_end(&wire)?;
+        let question_end = u16::try_from(wire::parse_question_end(&wire)?).ok()?;
+        let wire_len = u16::try_from(wire.len()).ok()?;
+        wire.reserve_exact(layout.ttl_offsets.len() * 2);
+        for at in &layout.ttl_offsets {
+            wire.extend_from_slice(&at.to_ne_bytes());
+        }
+        let names = cluster.then(|| {
+            Box::new(NoticeNames {
+                owners: layout
+                    .owners
+                    .into_iter()
+                    .chain(extra.iter().cloned())
+                    .map(String::into_boxed_str)
+                    .collect(),
+                qname: wire::key_name(key).into_boxed_str(),
+            })
+        });
         let entry = Arc::new(Entry {
-            wire: wire.into_boxed_slice(),
-            ttl_offsets: layout.ttl_offsets.into_boxed_slice(),
+            data: wire.into_boxed_slice(),
+            wire_len,
             question_end,
-            stored: now,
             ttl,
+            stored: now,
+            hits: AtomicU32::new(0),
             negative,
             rcode: layout.rcode,
-            cluster,
-            owners: layout
-                .owners
-                .into_iter()
-                .chain(extra.iter().cloned())
-                .map(String::into_boxed_str)
-                .collect(),
-            qname: wire::key_name(key).into_boxed_str(),
-            hits: AtomicU32::new(0),
             prefetching: AtomicBool::new(false),
+            names,
         });
-        // A replaced entry's names leave the index here (the eviction listener skips
-        // replacements). The index lock is never held across a moka call: moka may run its
-        // eviction listener, which takes that lock, on this thread.
-        let old = self.entries.get(key).filter(|old| old.cluster);
+        // A replaced entry's names leave the index here (replacements are not evictions).
+        // The index lock is never held across a store call, whose shard lock it would nest.
+        let old = self.entries.peek(key).filter(|old| old.is_cluster());
         if old.is_some() || cluster {
             let mut index = self.lock_index();
             if let Some(old) = &old {
@@ -374,7 +474,9 @@ impl Cache {
                 index.add(key, &entry);
             }
         }
-        self.entries.insert(key.into(), Arc::clone(&entry));
+        let mut evicted = Vec::new();
+        self.entries.insert_with_lifecycle(key.into(), Arc::clone(&entry), &mut evicted);
+        self.evicted(evicted);
         Some(entry)
     }
 
@@ -394,7 +496,7 @@ impl Cache {
         keys.sort();
         keys.dedup();
         for key in &keys {
-            self.entries.invalidate(key);
+            self.remove(key);
         }
         keys.len()
     }
@@ -403,11 +505,14 @@ impl Cache {
     pub fn evict_subtrees(&self, subtrees: &[String]) -> usize {
         let mut n = 0;
         for (key, entry) in self.entries.iter() {
+            let Some(names) = &entry.names else { continue };
+            let qname = names.qname.as_ref();
             let under = subtrees.iter().any(|s| {
-                entry.qname.as_ref() == s.as_str() || entry.qname.ends_with(&format!(".{s}")) || s == "."
+                s == "."
+                    || qname == s.as_str()
+                    || (qname.ends_with(s.as_str()) && qname[..qname.len() - s.len()].ends_with('.'))
             });
-            if entry.cluster && under {
-                self.entries.invalidate(key.as_ref());
+            if under && self.remove(&key) {
                 n += 1;
             }
         }
@@ -415,15 +520,10 @@ impl Cache {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
-    }
-
-    /// Runs moka's pending maintenance (tests and metrics want exact counts).
-    pub fn sync(&self) {
-        self.entries.run_pending_tasks();
+        self.entries.weight()
     }
 }

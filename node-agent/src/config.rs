@@ -89,6 +89,10 @@ pub struct Args {
     /// Most client TCP connections at once; more are closed at accept [default: 1024].
     #[arg(long, env = "NODEDNS_TCP_MAX_CONNECTIONS", value_name = "N")]
     pub tcp_max_connections: Option<usize>,
+    /// Server-side autopath for the node's pods: answer a pod's first search expansion with the
+    /// walk of its whole search list [default: true].
+    #[arg(long, env = "NODEDNS_AUTOPATH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub autopath: Option<bool>,
     /// Log one line per answered query.
     #[arg(long, env = "NODEDNS_LOG_QUERIES", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub log_queries: Option<bool>,
@@ -123,6 +127,7 @@ pub struct FileConfig {
     pub timeout: Option<f64>,
     pub tcp_idle_timeout: Option<f64>,
     pub tcp_max_connections: Option<usize>,
+    pub autopath: Option<bool>,
     pub log_queries: Option<bool>,
     pub log_format: Option<String>,
 }
@@ -195,6 +200,7 @@ pub struct Config {
     pub timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub tcp_max_connections: usize,
+    pub autopath: bool,
     pub log_queries: bool,
     pub log_format: LogFormat,
 }
@@ -386,6 +392,7 @@ impl Config {
                 args.tcp_idle_timeout.or(file.tcp_idle_timeout).unwrap_or(10.0),
             )?,
             tcp_max_connections,
+            autopath: args.autopath.or(file.autopath).unwrap_or(true),
             log_queries: args.log_queries.or(file.log_queries).unwrap_or(false),
             log_format,
         })
@@ -439,6 +446,15 @@ mod tests {
         assert_eq!(c.listen, ["169.254.20.10:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.admin_listen, Some("169.254.20.10:9254".parse().unwrap()));
         assert_eq!(c.cluster_domain, "cluster.local.");
+        assert!(c.autopath, "autopath is on unless turned off");
+        let base = ["--authority", "http://a:8053", "--upstream", "10.0.0.2:53", "--node-name", "n1"];
+        let off = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            Config::resolve(&args(&v)).unwrap().autopath
+        };
+        assert!(!off(&["--autopath=false"]));
+        assert!(off(&["--autopath"]));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nodedns_zone::file_source::{FileSource, SourceError};
 use nodedns_zone::{ClusterStore, ZoneConfig};
@@ -46,6 +46,9 @@ pub use crate::config::Config;
 use crate::listener::{BindError, DnsSockets, TcpSettings};
 use crate::request::Resolver;
 use crate::upstream::Forwarder;
+
+/// How often the cache drops entries past their stale window.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -196,6 +199,7 @@ impl Agent {
             upstream,
             stubs,
             self.config.node_resolv.clone(),
+            self.config.autopath,
             self.config.log_queries,
         ));
         {
@@ -207,6 +211,23 @@ impl Agent {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         _ = every.tick() => resolver.probe_for_loops().await,
+                    }
+                }
+            });
+        }
+        {
+            // The cache's expiry: entries past their stale window leave every few seconds (a
+            // lookup never serves them meanwhile).
+            let (cache, stop) = (Arc::clone(&self.cache), background.clone());
+            tracker.spawn(async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = every.tick() => {
+                            let cache = Arc::clone(&cache);
+                            let _ = tokio::task::spawn_blocking(move || cache.sweep(Instant::now())).await;
+                        }
                     }
                 }
             });
@@ -275,6 +296,7 @@ impl Agent {
             max_negative_ttl = c.cache.max_negative_ttl,
             stale_for_s = c.cache.stale_for.as_secs(),
             timeout_s = c.timeout.as_secs_f64(),
+            autopath = c.autopath,
             log_queries = c.log_queries,
             "nodedns-agent serving"
         );

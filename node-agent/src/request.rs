@@ -53,6 +53,8 @@ pub struct Resolver {
     /// `(zone, forwarder)`, longest zone first.
     pub stubs: Vec<(String, Forwarder)>,
     pub log_queries: bool,
+    /// Whether to autopath the node's pods (`--autopath`).
+    pub autopath: bool,
     /// The node's resolv.conf: its search domains join the pods' for autopath.
     pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
@@ -112,6 +114,7 @@ impl Resolver {
         upstream: Forwarder,
         mut stubs: Vec<(String, Forwarder)>,
         node: ResolvConf,
+        autopath: bool,
         log_queries: bool,
     ) -> Self {
         stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
@@ -121,6 +124,7 @@ impl Resolver {
             upstream,
             stubs,
             log_queries,
+            autopath,
             node,
             inflight: Mutex::default(),
             probe: wire::encode_name(&probe_name()).unwrap_or_default().into_boxed_slice(),
@@ -188,7 +192,7 @@ impl Resolver {
             }
             // A pod's possible first search expansion is answered per search context: walked
             // answers are cached under the context's tag, never served to other clients.
-            let autopath = {
+            let autopath = self.autopath && {
                 let view = self.authority.view_guard();
                 match view.contexts.get(&client.ip()) {
                     Some(ctx) if query.qclass == 1 && autopath::may_apply(key, ctx) => {

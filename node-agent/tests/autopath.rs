@@ -54,10 +54,14 @@ impl Drop for StopOnDrop {
 }
 
 async fn start(upstream: SocketAddr) -> Running {
+    start_with(upstream, &[]).await
+}
+
+async fn start_with(upstream: SocketAddr, extra: &[&str]) -> Running {
     let dir = TempDir::new("autopath");
     let cluster = dir.write("cluster.yaml", &renumbered_fixture());
     let upstream = upstream.to_string();
-    let argv = [
+    let mut argv = vec![
         "nodedns-agent",
         "--listen",
         "127.0.0.1:0",
@@ -70,6 +74,7 @@ async fn start(upstream: SocketAddr) -> Running {
         "--standalone-cluster-file",
         cluster.to_str().unwrap(),
     ];
+    argv.extend_from_slice(extra);
     let config = Config::resolve(&Args::try_parse_from(argv).unwrap()).unwrap();
     let listeners = Listeners::bind(&config).unwrap();
     let dns = listeners.dns_addrs()[0];
@@ -158,6 +163,25 @@ async fn an_external_name_costs_the_pod_one_round_trip_and_a_and_aaaa_agree() {
     let other =
         Message::from_vec(&udp_raw(s.dns, "127.0.0.99:0".parse().unwrap(), &q).await.unwrap()).unwrap();
     assert_eq!(other.metadata.response_code, ResponseCode::NXDomain);
+    s.shutdown.cancel();
+    s.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_autopath_off_the_pod_walks_its_own_search_list() {
+    let up = FakeUpstream::start().await.unwrap();
+    let s = start_with(up.addr, &["--autopath=false"]).await;
+    let pod: SocketAddr = "127.0.0.50:0".parse().unwrap();
+    let q = build("example.com.testns.svc.cluster.local.", "A", 1, None).unwrap().bytes;
+    let a = Message::from_vec(&udp_raw(s.dns, pod, &q).await.unwrap()).unwrap();
+    assert_eq!(a.metadata.response_code, ResponseCode::NXDomain, "answered as asked: {a:?}");
+    assert!(a.answers.is_empty());
+    assert_eq!(up.queries(), 0, "nothing walked upstream for the pod");
+    // The name itself, the pod's last attempt, still resolves.
+    let q = build("example.com.", "A", 2, None).unwrap().bytes;
+    let a = Message::from_vec(&udp_raw(s.dns, pod, &q).await.unwrap()).unwrap();
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(!a.answers.is_empty());
     s.shutdown.cancel();
     s.task.await.unwrap().unwrap();
 }

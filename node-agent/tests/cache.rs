@@ -175,7 +175,6 @@ fn the_byte_bound_holds_under_a_flood_of_unique_names() {
     for i in 0..5000 {
         cached(&cache, &index, &format!("n{i}.testns.svc.cluster.local."), "A", t0);
     }
-    cache.sync();
     assert!(cache.weighted_size() <= 64 << 10, "{} bytes", cache.weighted_size());
     assert!(cache.entry_count() > 50 && cache.entry_count() < 5000, "{} entries", cache.entry_count());
     // Evicted entries left the notice index: a notice for all of them finds only live ones.
@@ -198,4 +197,24 @@ fn popular_entries_ask_for_one_refresh_in_their_last_tenth() {
     assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(2)), "popular, but early in its life");
     assert!(e.hit_wants_prefetch(t0 + Duration::from_secs(27)), "popular and in its last tenth");
     assert!(!e.hit_wants_prefetch(t0 + Duration::from_secs(28)), "one refresh at a time");
+}
+
+#[test]
+fn the_sweep_drops_entries_past_their_stale_window_and_their_index_names() {
+    let index = index();
+    let cache = Cache::new(Limits { stale_for: Duration::from_secs(60), ..Limits::default() });
+    let t0 = Instant::now();
+    // TTL 30 (the index's), kept stale for 60 more.
+    let old = cached(&cache, &index, "svc1.testns.svc.cluster.local.", "A", t0);
+    let young = cached(&cache, &index, "svc2.testns.svc.cluster.local.", "A", t0 + Duration::from_secs(60));
+    assert_eq!(cache.sweep(t0 + Duration::from_secs(89)), 0, "both still within their stale window");
+    assert_eq!(cache.entry_count(), 2);
+    assert_eq!(cache.sweep(t0 + Duration::from_secs(91)), 1, "svc1 is past 30 + 60 s");
+    assert_eq!(cache.entry_count(), 1);
+    assert!(matches!(cache.lookup(&old, t0 + Duration::from_secs(91)), Lookup::Miss));
+    assert!(matches!(cache.lookup(&young, t0 + Duration::from_secs(91)), Lookup::Stale(_)));
+    assert!(cache.weighted_size() > 0);
+    // The swept entry left the notice index: a notice naming both finds only the live one.
+    assert_eq!(cache.evict_names(["svc1.testns.svc.cluster.local.", "svc2.testns.svc.cluster.local."]), 1);
+    assert_eq!(cache.entry_count(), 0);
 }
