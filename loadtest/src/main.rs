@@ -171,6 +171,13 @@ enum Command {
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
     },
+    /// Run the upstream stand-in of `search-path` (every `*.example.com` has an A record, the
+    /// rest is NXDOMAIN) on ADDR for SECONDS, for benchmarks that start the agent themselves.
+    StandInUpstream {
+        listen: std::net::IpAddr,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -234,6 +241,16 @@ fn main() -> anyhow::Result<()> {
         Command::AgentMemory { agent, entries, agent_args } => {
             let opts = nodedns_load::agent_memory::Options { agent, entries, agent_args };
             tokio::runtime::Runtime::new()?.block_on(nodedns_load::agent_memory::run(opts))?
+        }
+        Command::StandInUpstream { listen, seconds } => {
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let upstream =
+                    nodedns_load::search_path::UpstreamStandIn::start(listen, std::time::Duration::ZERO).await?;
+                println!("{}", upstream.addr);
+                tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+                upstream.stop();
+                anyhow::Ok(())
+            })?
         }
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
