@@ -1,6 +1,9 @@
 //! The authority's configuration: one typed [`Config`], from flags, environment variables
 //! (`NODEDNS_*`) and an optional YAML `--config FILE` whose keys are the flag names. Flags and
 //! environment win over the file; unknown keys in the file are an error naming the key.
+//!
+//! The file is re-read when it changes and on SIGHUP: [`Config::changed_keys`] names what
+//! differs, and [`RESTART_KEYS`] are the settings only a restart applies.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -74,7 +77,8 @@ pub struct Args {
     /// --dns-listen addresses].
     #[arg(long, env = "NODEDNS_NS_ADDRESS", value_name = "IP", value_delimiter = ',')]
     pub ns_address: Vec<IpAddr>,
-    /// How often the cluster file is checked for changes [default: 1].
+    /// How often the cluster file and --config are checked for changes; SIGHUP re-reads the
+    /// config at once [default: 1].
     #[arg(long, env = "NODEDNS_RELOAD_INTERVAL", value_name = "SECONDS")]
     pub reload_interval: Option<f64>,
     /// Close TCP connections idle this long [default: 10].
@@ -141,6 +145,25 @@ pub struct Config {
     pub log_queries: bool,
     pub log_format: LogFormat,
 }
+
+/// Settings a reload cannot change in a running authority: sockets, the cluster source and its
+/// filters, the zone's name, shutdown timing and logging set-up. A reload that changes one logs
+/// it as needing a restart and keeps the running value.
+pub const RESTART_KEYS: &[&str] = &[
+    "cluster-file",
+    "kubeconfig",
+    "namespace",
+    "label-selector",
+    "cluster-domain",
+    "dns-listen",
+    "admin-listen",
+    "grpc-listen",
+    "reload-interval",
+    "tcp-idle-timeout",
+    "tcp-max-connections",
+    "lameduck",
+    "log-format",
+];
 
 /// Reads a YAML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -253,6 +276,37 @@ impl Config {
             log_format,
         })
     }
+
+    /// The keys (flag names) whose values differ between `self` and `new`.
+    pub fn changed_keys(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let (za, zb) = (&a.zone, &b.zone);
+        [
+            ("cluster-file", a.cluster_file != b.cluster_file),
+            ("kubeconfig", a.kube.kubeconfig != b.kube.kubeconfig),
+            ("namespace", a.kube.namespaces != b.kube.namespaces),
+            ("label-selector", a.kube.label_selector != b.kube.label_selector),
+            ("cluster-domain", za.cluster_domain != zb.cluster_domain),
+            ("dns-listen", a.dns_listen != b.dns_listen),
+            ("admin-listen", a.admin_listen != b.admin_listen),
+            ("grpc-listen", a.grpc_listen != b.grpc_listen),
+            ("pods", za.pods != zb.pods),
+            ("ttl", za.ttl != zb.ttl),
+            ("reverse-cidr", za.reverse_cidrs != zb.reverse_cidrs),
+            ("wildcards", za.wildcards != zb.wildcards),
+            ("transfer-from", a.transfer_from != b.transfer_from),
+            ("ns-address", za.ns_addresses != zb.ns_addresses),
+            ("reload-interval", a.reload_interval != b.reload_interval),
+            ("tcp-idle-timeout", a.tcp_idle_timeout != b.tcp_idle_timeout),
+            ("tcp-max-connections", a.tcp_max_connections != b.tcp_max_connections),
+            ("lameduck", a.lameduck != b.lameduck),
+            ("log-queries", a.log_queries != b.log_queries),
+            ("log-format", a.log_format != b.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -290,6 +344,19 @@ mod tests {
         assert_eq!(c.zone.ns_addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         let c = Config::resolve(&args(&["--config", p, "--wildcards=false"])).unwrap();
         assert!(!c.zone.wildcards);
+    }
+
+    #[test]
+    fn a_changed_file_names_its_keys() {
+        let dir = nodedns_testsupport::TempDir::new("cfg");
+        let f = write(&dir, "ttl: 30\npods: insecure\n");
+        let a = args(&["--config", &f, "--pods", "disabled"]);
+        let first = Config::resolve(&a).unwrap();
+        write(&dir, "ttl: 10\npods: verified\ndns-listen: ['127.0.0.1:5353']\ntransfer-from: [10.0.0.0/8]\n");
+        let second = Config::resolve(&a).unwrap();
+        assert_eq!(second.zone.pods, PodsMode::Disabled, "the flag still wins");
+        assert_eq!(first.changed_keys(&second), ["dns-listen", "ttl", "transfer-from", "ns-address"]);
+        assert!(RESTART_KEYS.contains(&"dns-listen") && !RESTART_KEYS.contains(&"ttl"));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use ipnet::IpNet;
+use nodedns_grpc::TransferAcl;
 use nodedns_zone::{ClusterStore, Context, Served, Transport, serve};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,22 +105,24 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, BindError> {
 /// What every serving task shares.
 pub struct Shared {
     pub store: Arc<ClusterStore>,
-    pub transfer_from: Vec<IpNet>,
+    /// Swapped by a config reload, as is `log_queries`.
+    pub transfer_from: TransferAcl,
     pub metrics: DnsMetrics,
-    pub log_queries: bool,
+    pub log_queries: AtomicBool,
     pub tcp_idle_timeout: Duration,
     pub tcp_slots: Arc<Semaphore>,
 }
 
 impl Shared {
-    fn answer(&self, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Served {
+    /// Whether answers are logged; read once per query, so its answer and log line agree.
+    fn log_queries(&self) -> bool {
+        self.log_queries.load(Ordering::Relaxed)
+    }
+
+    fn answer(&self, bytes: &[u8], transport: Transport, peer: SocketAddr, log: bool) -> Served {
         let index = self.store.index();
-        let ctx = Context {
-            transport,
-            client: peer.ip(),
-            transfer_from: &self.transfer_from,
-            describe: self.log_queries,
-        };
+        let transfer_from = self.transfer_from.load();
+        let ctx = Context { transport, client: peer.ip(), transfer_from: &transfer_from, describe: log };
         serve(&index, bytes, &ctx)
     }
 
@@ -144,8 +147,8 @@ impl Shared {
     }
 
     /// The optional per-query log line, written after the reply is on its way.
-    fn log(&self, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
-        if !self.log_queries || served.dropped.is_some() {
+    fn log(&self, log: bool, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
+        if !log || served.dropped.is_some() {
             return;
         }
         info!(
@@ -179,14 +182,15 @@ pub async fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancell
             },
         };
         let started = Instant::now();
-        let served = shared.answer(&buf[..len], Transport::Udp, peer);
+        let log = shared.log_queries();
+        let served = shared.answer(&buf[..len], Transport::Udp, peer, log);
         shared.count(&served, Transport::Udp, peer, started);
         for msg in &served.messages {
             if let Err(e) = socket.send_to(msg, peer).await {
                 debug!(client = %peer, error = %e, "UDP send failed");
             }
         }
-        shared.log(&served, Transport::Udp, peer, started);
+        shared.log(log, &served, Transport::Udp, peer, started);
     }
 }
 
@@ -255,7 +259,8 @@ async fn tcp_connection(
             Ok(r) => r?,
         };
         let started = Instant::now();
-        let served = shared.answer(&buf[..n], Transport::Tcp, peer);
+        let log = shared.log_queries();
+        let served = shared.answer(&buf[..n], Transport::Tcp, peer, log);
         shared.count(&served, Transport::Tcp, peer, started);
         for msg in &served.messages {
             let Ok(len) = u16::try_from(msg.len()) else {
@@ -264,7 +269,7 @@ async fn tcp_connection(
             stream.write_all(&len.to_be_bytes()).await?;
             stream.write_all(msg).await?;
         }
-        shared.log(&served, Transport::Tcp, peer, started);
+        shared.log(log, &served, Transport::Tcp, peer, started);
         if served.dropped.is_some() {
             // Not a DNS query stream; do not keep reading garbage.
             return Ok(());

@@ -4,6 +4,7 @@
 //!
 //! Modules, in the order data and queries meet them:
 //! - [`config`]: flags, environment and YAML file into one [`Config`];
+//! - [`reload`]: the config file re-read on a change or SIGHUP, what can change applied live;
 //! - [`kube_source`]: `kube` watchers on the four kinds feeding the store (the file source is
 //!   `nodedns_zone::file_source`);
 //! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
@@ -21,14 +22,18 @@ pub mod config;
 pub mod dns;
 pub mod kube_source;
 pub mod metrics;
+pub mod reload;
 
 /// The agents' gRPC service (a kube-free crate, so the agent's standalone mode shares it).
 pub use nodedns_grpc as grpc;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use nodedns_common::reload::{Reloads, Snapshot};
 use nodedns_zone::file_source::{FileSource, SourceError};
 use nodedns_zone::{ClusterStore, ZoneKind};
 use tokio::sync::Semaphore;
@@ -36,8 +41,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use config::Args;
 pub use config::Config;
 pub use dns::{BindError, DnsSockets};
+use reload::Reloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -88,6 +95,9 @@ pub struct Authority {
     store: Arc<ClusterStore>,
     /// Cancelled when shutdown begins: `/ready` turns false and agents are told to move.
     draining: CancellationToken,
+    /// The flags to resolve the configuration from again, and its files as they were then.
+    reload: Option<(Args, Snapshot)>,
+    reloads: Reloads,
 }
 
 impl Authority {
@@ -95,7 +105,21 @@ impl Authority {
         // Before anything records a metric: earlier values would go to the no-op recorder.
         metrics::prometheus();
         let store = ClusterStore::new(config.zone.clone());
-        Self { config, store, draining: CancellationToken::new() }
+        Self { config, store, draining: CancellationToken::new(), reload: None, reloads: Reloads::new() }
+    }
+
+    /// Re-reads the configuration from `args` (what `config` was resolved from) when `--config`
+    /// changes and on [`Reloads::request`] (SIGHUP), applying what can change live. Call right
+    /// after resolving: the file is read now, so any later change is seen.
+    pub fn reload_from(mut self, args: Args) -> Self {
+        let since = Snapshot::take(&reload::files(&args));
+        self.reload = Some((args, since));
+        self
+    }
+
+    /// Requests reloads and reports them (`status` changes with every attempt).
+    pub fn reloads(&self) -> Reloads {
+        self.reloads.clone()
     }
 
     /// The store queries are answered from; tests subscribe to it to see reloads land.
@@ -129,7 +153,11 @@ impl Authority {
     /// Serves until `shutdown` is cancelled, then drains: `/ready` turns false, answers go on for
     /// the lameduck period (so endpoints are withdrawn first), listeners stop, open TCP queries
     /// finish.
-    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AuthorityError> {
+    pub async fn run(
+        mut self,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> Result<(), AuthorityError> {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         match self.load()? {
@@ -141,7 +169,27 @@ impl Authority {
             }
         }
         self.log_startup(&listeners);
-        self.serve(listeners, &tracker, &stop)?;
+        let shared = Arc::new(dns::Shared {
+            store: Arc::clone(&self.store),
+            transfer_from: Arc::new(ArcSwap::from_pointee(self.config.transfer_from.clone())),
+            metrics: metrics::DnsMetrics::new(),
+            log_queries: AtomicBool::new(self.config.log_queries),
+            tcp_idle_timeout: self.config.tcp_idle_timeout,
+            tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
+        });
+        self.serve(listeners, &shared, &tracker, &stop)?;
+        if let Some((args, since)) = self.reload.take() {
+            let mut reloader = Reloader {
+                args,
+                start: self.config.clone(),
+                last: self.config.clone(),
+                store: Arc::clone(&self.store),
+                shared,
+            };
+            let (reloads, stop, interval) = (self.reloads.clone(), stop.clone(), self.config.reload_interval);
+            tracker
+                .spawn(async move { reloads.watch(since, interval, stop, move || reloader.reload()).await });
+        }
 
         shutdown.cancelled().await;
         self.draining.cancel();
@@ -184,33 +232,26 @@ impl Authority {
         }));
     }
 
-    /// Starts the DNS and admin listeners on `tracker`.
+    /// Starts the DNS, admin and gRPC listeners on `tracker`.
     fn serve(
         &self,
         listeners: Listeners,
+        shared: &Arc<dns::Shared>,
         tracker: &TaskTracker,
         stop: &CancellationToken,
     ) -> Result<(), AuthorityError> {
-        let shared = Arc::new(dns::Shared {
-            store: Arc::clone(&self.store),
-            transfer_from: self.config.transfer_from.clone(),
-            metrics: metrics::DnsMetrics::new(),
-            log_queries: self.config.log_queries,
-            tcp_idle_timeout: self.config.tcp_idle_timeout,
-            tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
-        });
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         for socket in listeners.dns.udp {
             let socket =
                 Arc::new(tokio::net::UdpSocket::from_std(socket).map_err(|e| self.bind_error("DNS UDP", e))?);
             for _ in 0..workers {
-                tracker.spawn(dns::udp_loop(Arc::clone(&socket), Arc::clone(&shared), stop.clone()));
+                tracker.spawn(dns::udp_loop(Arc::clone(&socket), Arc::clone(shared), stop.clone()));
             }
         }
         for listener in listeners.dns.tcp {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(|e| self.bind_error("DNS TCP", e))?;
-            tracker.spawn(dns::tcp_accept_loop(listener, Arc::clone(&shared), stop.clone(), tracker.clone()));
+            tracker.spawn(dns::tcp_accept_loop(listener, Arc::clone(shared), stop.clone(), tracker.clone()));
         }
         if let Some(admin) = listeners.admin {
             let state = Arc::new(admin::AdminState {
@@ -230,11 +271,8 @@ impl Authority {
                 stop: stop.clone(),
                 lameduck: self.config.lameduck,
             };
-            let service = grpc::Service::new(
-                Arc::clone(&self.store),
-                self.config.transfer_from.clone().into(),
-                shutdown,
-            );
+            let service =
+                grpc::Service::new(Arc::clone(&self.store), Arc::clone(&shared.transfer_from), shutdown);
             let stop = stop.clone();
             tracker.spawn(async move {
                 if let Err(e) = grpc::serve_grpc(listener, service, stop).await {

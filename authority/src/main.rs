@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use nodedns_authority::config::{Args, Config};
 use nodedns_authority::{Authority, Listeners};
-use nodedns_common::process::{parse_args, shutdown_on_signals};
+use nodedns_common::process::{parse_args, reload_on_sighup, shutdown_on_signals};
 use nodedns_common::telemetry::init_logging;
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +26,14 @@ fn real_main() -> anyhow::Result<()> {
         return Ok(());
     }
     let listeners = Listeners::bind(&config)?;
+    let authority = Authority::new(config).reload_from(args);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(shutdown_on_signals(shutdown.clone()));
-        Authority::new(config).run(listeners, shutdown).await
+        tokio::spawn(reload_on_sighup(authority.reloads()));
+        authority.run(listeners, shutdown).await
     })?;
     Ok(())
 }

@@ -29,6 +29,7 @@ fn describe() {
     describe_gauge!("nodedns_zone_serial", "SOA serial of the served zones.");
     describe_histogram!("nodedns_zone_build_seconds", "Time to rebuild the zone index after a change.");
     describe_gauge!("nodedns_store_objects", "Cluster objects stored, by kind.");
+    nodedns_common::reload::describe_metrics();
     for (name, help) in nodedns_grpc::METRICS {
         if name.ends_with("_total") {
             describe_counter!(name, help);

@@ -66,6 +66,74 @@ async fn reload_applies_good_files_and_keeps_the_last_good_state_on_bad_ones() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn config_reload_changes_ttl_and_transfer_acl_and_a_bad_file_keeps_them() {
+    use nodedns_common::reload::Applied;
+    let dir = TempDir::new("config-reload");
+    let cluster_path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
+    let config_path = dir.write("authority.yaml", "ttl: 5\n").to_str().unwrap().to_owned();
+    let server = support::start(&[
+        "--cluster-file",
+        &cluster_path,
+        "--config",
+        &config_path,
+        "--reload-interval",
+        "0.05",
+    ])
+    .await;
+    let ttl = |msg: &Message| msg.answers.first().map(|r| r.ttl);
+    let web = "web.ns1.svc.cluster.local.";
+    assert_eq!(ttl(&ask(server.dns, web, "A").await.unwrap().0), Some(5));
+    let axfr = build("cluster.local.", "AXFR", 9, None).unwrap();
+    let transfer = async || Message::from_vec(&tcp_raw(server.dns, &axfr.bytes).await.unwrap()).unwrap();
+    assert_eq!(transfer().await.metadata.response_code, ResponseCode::Refused);
+
+    // A new TTL rebuilds and republishes the zone; a TCP setting waits for a restart.
+    let mut status = server.reloads.status();
+    server
+        .after_change(|| {
+            dir.write("authority.yaml", "ttl: 30\ntransfer-from: [127.0.0.0/8]\ntcp-idle-timeout: 3\n")
+        })
+        .await;
+    support::reloaded(&mut status, "the new file is applied", |s| s.applied == 1).await;
+    assert_eq!(
+        status.borrow().last,
+        Applied { changed: vec!["ttl", "transfer-from"], restart: vec!["tcp-idle-timeout"] }
+    );
+    assert_eq!(ttl(&ask(server.dns, web, "A").await.unwrap().0), Some(30));
+    let (nx, _) = ask(server.dns, "gone.ns1.svc.cluster.local.", "A").await.unwrap();
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    let soa_minimum = nx.authorities.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.minimum),
+        _ => None,
+    });
+    assert_eq!(soa_minimum, Some(30), "negative caching follows the new TTL");
+    assert_eq!(transfer().await.metadata.response_code, ResponseCode::NoError, "transfer-from applies live");
+
+    // Bad files: an invalid value, an unknown key, broken YAML. Each is refused naming the key
+    // (or the file), and the running settings stay.
+    for (n, (text, named)) in
+        [("ttl: 99999\n", "ttl: "), ("ttl: 30\ntll: 3\n", "tll"), ("ttl: [30\n", "config file")]
+            .into_iter()
+            .enumerate()
+    {
+        dir.write("authority.yaml", text);
+        support::reloaded(&mut status, "a bad file is refused", |s| s.failed == n as u64 + 1).await;
+        let error = status.borrow().last_error.clone().unwrap_or_default();
+        assert!(error.contains(named), "{text:?}: {error}");
+        assert_eq!(ttl(&ask(server.dns, web, "A").await.unwrap().0), Some(30), "{text:?}");
+    }
+    // SIGHUP's way in: a reload without a change applies nothing new.
+    server.reloads.request();
+    support::reloaded(&mut status, "a requested reload is tried", |s| s.failed == 4).await;
+    dir.write("authority.yaml", "ttl: 30\ntransfer-from: [127.0.0.0/8]\n");
+    support::reloaded(&mut status, "the file is back", |s| s.applied == 2).await;
+    assert_eq!(status.borrow().last, Applied::default(), "back to what runs: nothing to apply or restart");
+    assert!(metric(server.admin, "nodedns_config_reloads_total{result=\"ok\"}").await >= 2.0);
+    assert!(metric(server.admin, "nodedns_config_reloads_total{result=\"error\"}").await >= 4.0);
+    server.stop().await;
+}
+
 /// Raw header + question builder for malformed-input cases.
 fn raw(id: u16, flags: u16, qd: u16, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();

@@ -1,4 +1,5 @@
-//! Process edges: flag parsing errors, signals, the admin HTTP listener.
+//! Process edges: flag parsing errors, signals (SIGTERM/SIGINT stop, SIGHUP reloads), the admin
+//! HTTP listener.
 
 use std::net::TcpListener as StdTcpListener;
 
@@ -30,6 +31,23 @@ pub async fn shutdown_on_signals(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// Asks `reloads` for a configuration reload on every SIGHUP, until the process ends. Installed
+/// by `main`, so SIGHUP no longer terminates the process.
+pub async fn reload_on_sighup(reloads: crate::reload::Reloads) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; the config file is still re-read when it changes");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received");
+        reloads.request();
+    }
 }
 
 /// Serves `router` (the admin endpoints) on `listener` until `stop`.

@@ -54,6 +54,7 @@ fn describe() {
         "Time of a Resolve round trip to the authority."
     );
     describe_counter!("nodedns_authority_disconnects_total", "Authority sessions that ended.");
+    nodedns_common::reload::describe_metrics();
 }
 
 pub struct AdminState {

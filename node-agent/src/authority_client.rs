@@ -63,7 +63,8 @@ pub struct AuthorityLink {
     sender: ArcSwap<Option<mpsc::Sender<ResolveRequest>>>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
-    timeout: Duration,
+    /// `--timeout` in microseconds (a config reload changes it).
+    timeout_us: AtomicU64,
     view: ArcSwap<ClusterView>,
     /// The node's resolv.conf (its search domains join the pods').
     node: ResolvConf,
@@ -73,6 +74,10 @@ pub struct AuthorityLink {
     connected: watch::Sender<bool>,
     /// The revision of each Subscribe message applied (a readiness signal for tests and `/ready`).
     applied: watch::Sender<u64>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
@@ -97,13 +102,18 @@ impl AuthorityLink {
             sender: ArcSwap::from_pointee(None),
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
-            timeout,
+            timeout_us: AtomicU64::new(micros(timeout)),
             view: ArcSwap::from_pointee(ClusterView { zones, ..ClusterView::default() }),
             node,
             revision: AtomicU64::new(0),
             connected: watch::channel(false).0,
             applied: watch::channel(0).0,
         })
+    }
+
+    /// The budget of one Resolve round trip from now on (a config reload).
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_us.store(micros(timeout), Ordering::Relaxed);
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
@@ -140,7 +150,8 @@ impl AuthorityLink {
             transport: transport as i32,
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, async {
+        let timeout = Duration::from_micros(self.timeout_us.load(Ordering::Relaxed));
+        let result = tokio::time::timeout(timeout, async {
             sender.send(request).await.map_err(|_| AuthorityError::Disconnected)?;
             rx.await.map_err(|_| AuthorityError::Disconnected)
         })
@@ -151,7 +162,7 @@ impl AuthorityLink {
             Ok(r) => r?,
             Err(_) => {
                 self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-                return Err(AuthorityError::Timeout(self.timeout));
+                return Err(AuthorityError::Timeout(timeout));
             }
         };
         match ResolveStatus::try_from(response.status) {

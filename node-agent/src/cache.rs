@@ -275,7 +275,8 @@ type Store =
 
 pub struct Cache {
     entries: Store,
-    limits: Limits,
+    /// Swapped by [`Cache::set_limits`] (a config reload); a fresh hit never reads it.
+    limits: arc_swap::ArcSwap<Limits>,
     index: Arc<Mutex<Index>>,
 }
 
@@ -321,7 +322,7 @@ impl Cache {
             .expect("items and weight capacity are set");
         let entries =
             Store::with_options(options, Weigh, quick_cache::DefaultHashBuilder::default(), Evictions);
-        Self { entries, limits, index: Arc::default() }
+        Self { entries, limits: arc_swap::ArcSwap::from_pointee(limits), index: Arc::default() }
     }
 
     /// Takes evicted entries out of the notice index and counts them.
@@ -354,7 +355,7 @@ impl Cache {
     /// Drops entries past their stale window (the cache's own expiry; run every few seconds).
     /// Returns about how many went (exact when nothing is inserted meanwhile).
     pub fn sweep(&self, now: Instant) -> usize {
-        let stale_for = self.limits.stale_for;
+        let stale_for = self.limits.load().stale_for;
         let gone = Mutex::new(Vec::new());
         let before = self.entries.len();
         self.entries.retain(|key, entry| {
@@ -376,8 +377,29 @@ impl Cache {
         removed
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    pub fn limits(&self) -> Limits {
+        **self.limits.load()
+    }
+
+    /// New limits (a config reload): TTL caps apply to answers stored from now on, the stale
+    /// window to every lookup and sweep, the byte bound at once. The shard count stays as the
+    /// bound at start made it. To shrink, entries go through [`Cache::remove`] first, so the
+    /// notice index loses them too; what quick_cache's `set_capacity` then still evicts (a shard
+    /// above its share) leaves index names behind, which can only cause an extra eviction.
+    pub fn set_limits(&self, limits: Limits) {
+        let old = self.limits.swap(Arc::new(limits));
+        if limits.max_bytes == old.max_bytes {
+            return;
+        }
+        if limits.max_bytes < self.entries.weight() {
+            for (key, _) in self.entries.iter() {
+                if self.entries.weight() <= limits.max_bytes {
+                    break;
+                }
+                self.remove(&key);
+            }
+        }
+        self.entries.set_capacity(limits.max_bytes);
     }
 
     pub fn lookup(&self, key: &[u8], now: Instant) -> Lookup {
@@ -385,7 +407,7 @@ impl Cache {
             Some(e) if e.is_fresh(now) => Lookup::Fresh(e),
             Some(e)
                 if now.saturating_duration_since(e.stored)
-                    < Duration::from_secs(u64::from(e.ttl)) + self.limits.stale_for =>
+                    < Duration::from_secs(u64::from(e.ttl)) + self.limits.load().stale_for =>
             {
                 Lookup::Stale(e)
             }
@@ -422,13 +444,14 @@ impl Cache {
             return None;
         }
         let negative = layout.rcode == 3 || layout.answers == 0;
+        let limits = self.limits();
         let ttl = if negative {
             // Without an SOA there is nothing to go on (RFC 2308 section 5): a short time.
-            layout.negative_ttl.unwrap_or(5).min(self.limits.max_negative_ttl)
+            layout.negative_ttl.unwrap_or(5).min(limits.max_negative_ttl)
         } else {
-            layout.min_ttl.unwrap_or(0).min(self.limits.max_ttl)
+            layout.min_ttl.unwrap_or(0).min(limits.max_ttl)
         }
-        .max(self.limits.min_ttl);
+        .max(limits.min_ttl);
         if ttl == 0 {
             return None;
         }

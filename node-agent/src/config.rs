@@ -2,6 +2,9 @@
 //! (`NODEDNS_*`, and `NODE_NAME` as the downward API sets it) and an optional YAML `--config FILE`
 //! whose keys are the flag names. Flags and environment win over the file; unknown keys in the
 //! file are an error naming the key; every error names the setting at fault.
+//!
+//! The file is re-read when it changes and on SIGHUP ([`crate::reload`]): [`Config::changed_keys`]
+//! names what differs, and [`RESTART_KEYS`] are the settings only a restart applies.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -99,6 +102,10 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "NODEDNS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// How often --config (and the resolv.conf the upstreams come from) and the standalone
+    /// cluster file are checked for changes; SIGHUP re-reads the config at once [default: 1].
+    #[arg(long, env = "NODEDNS_RELOAD_INTERVAL", value_name = "SECONDS")]
+    pub reload_interval: Option<f64>,
     /// Validate the configuration, print the result and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -130,6 +137,7 @@ pub struct FileConfig {
     pub autopath: Option<bool>,
     pub log_queries: Option<bool>,
     pub log_format: Option<String>,
+    pub reload_interval: Option<f64>,
 }
 
 /// A zone whose names go to its own servers.
@@ -187,6 +195,8 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Where the upstreams came from (for the start-up log).
     pub upstream_source: String,
+    /// The node's resolv.conf (`--resolv-conf`).
+    pub resolv_conf: PathBuf,
     pub node_resolv: ResolvConf,
     pub stub_domains: Vec<StubDomain>,
     pub node_name: String,
@@ -203,7 +213,29 @@ pub struct Config {
     pub autopath: bool,
     pub log_queries: bool,
     pub log_format: LogFormat,
+    pub reload_interval: Duration,
 }
+
+/// Settings a reload cannot change in a running agent: sockets, the interface, the authority
+/// session and what its routing and autopath contexts were built from. A reload that changes one
+/// logs it as needing a restart and keeps the running value.
+pub const RESTART_KEYS: &[&str] = &[
+    "listen",
+    "authority",
+    "node-name",
+    "cluster-domain",
+    "admin-listen",
+    "standalone-cluster-file",
+    "setup-interface",
+    "keep-interface",
+    "tcp-idle-timeout",
+    "tcp-max-connections",
+    "log-format",
+    "reload-interval",
+    // Its nameservers are `upstream` (live); its search domains and ndots join the pods' for
+    // autopath, whose contexts are built as the authority's pod table arrives.
+    "resolv-conf",
+];
 
 fn domain(key: &'static str, text: &str) -> Result<String, ConfigError> {
     let bare = text.trim_end_matches('.').to_ascii_lowercase();
@@ -241,6 +273,33 @@ pub fn parse_stub_domain(text: &str) -> Result<StubDomain, ConfigError> {
 /// Reads a YAML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     read_yaml(path)
+}
+
+/// Refuses upstream and stub servers that are our own listen addresses: forwarding there would
+/// loop.
+fn check_loops(
+    upstreams: &[SocketAddr],
+    upstream_source: &str,
+    stub_domains: &[StubDomain],
+    listen: &[SocketAddr],
+) -> Result<(), ConfigError> {
+    if let Some(server) = upstreams.iter().find(|s| is_own(s, listen)) {
+        return Err(invalid(
+            if upstream_source == "--upstream" { "upstream" } else { "resolv-conf" },
+            format!(
+                "{server} is one of our own listen addresses: forwarding there would loop (point the agent at the node's real resolvers)"
+            ),
+        ));
+    }
+    for stub in stub_domains {
+        if let Some(server) = stub.servers.iter().find(|s| is_own(s, listen)) {
+            return Err(invalid(
+                "stub-domain",
+                format!("{server} for {} is one of our own listen addresses: it would loop", stub.zone),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether sending to `server` would reach one of our own listeners.
@@ -286,28 +345,11 @@ impl Config {
                 std::fs::read_to_string(&resolv_path).map(|t| parse_resolv_conf(&t)).unwrap_or_default();
             (explicit, "--upstream".to_owned(), resolv)
         };
-        for server in &upstreams {
-            if is_own(server, &listen) {
-                return Err(invalid(
-                    if upstream_source == "--upstream" { "upstream" } else { "resolv-conf" },
-                    format!(
-                        "{server} is one of our own listen addresses: forwarding there would loop (point the agent at the node's real resolvers)"
-                    ),
-                ));
-            }
-        }
         let stub_domains = list(&args.stub_domain, file.stub_domain)
             .iter()
             .map(|s| parse_stub_domain(s))
             .collect::<Result<Vec<_>, _>>()?;
-        for stub in &stub_domains {
-            if let Some(server) = stub.servers.iter().find(|s| is_own(s, &listen)) {
-                return Err(invalid(
-                    "stub-domain",
-                    format!("{server} for {} is one of our own listen addresses: it would loop", stub.zone),
-                ));
-            }
-        }
+        check_loops(&upstreams, &upstream_source, &stub_domains, &listen)?;
 
         let standalone_cluster_file = args.standalone_cluster_file.clone().or(file.standalone_cluster_file);
         let authority = list(&args.authority, file.authority);
@@ -372,11 +414,18 @@ impl Config {
             }
         }
 
+        let reload_interval =
+            seconds("reload-interval", args.reload_interval.or(file.reload_interval).unwrap_or(1.0))?;
+        if reload_interval.is_zero() {
+            return Err(invalid("reload-interval", "must be above 0"));
+        }
+
         Ok(Config {
             listen,
             authority,
             upstreams,
             upstream_source,
+            resolv_conf: resolv_path,
             node_resolv,
             stub_domains,
             node_name,
@@ -395,7 +444,56 @@ impl Config {
             autopath: args.autopath.or(file.autopath).unwrap_or(true),
             log_queries: args.log_queries.or(file.log_queries).unwrap_or(false),
             log_format,
+            reload_interval,
         })
+    }
+
+    /// [`check_loops`] against `listen` (the addresses actually bound, which a reload must not
+    /// forward to either, whatever the file now says `listen` is).
+    pub fn check_loops(&self, listen: &[SocketAddr]) -> Result<(), ConfigError> {
+        check_loops(&self.upstreams, &self.upstream_source, &self.stub_domains, listen)
+    }
+
+    /// Whether the upstreams come from the node's resolv.conf (which is then worth watching).
+    pub fn upstreams_from_resolv_conf(&self) -> bool {
+        self.upstream_source != "--upstream"
+    }
+
+    /// The keys (flag names) whose values differ between `self` and `new`.
+    pub fn changed_keys(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let (ca, cb) = (&a.cache, &b.cache);
+        [
+            ("listen", a.listen != b.listen),
+            ("authority", a.authority != b.authority),
+            ("upstream", a.upstreams != b.upstreams),
+            (
+                "resolv-conf",
+                a.node_resolv.search != b.node_resolv.search || a.node_resolv.ndots != b.node_resolv.ndots,
+            ),
+            ("stub-domain", a.stub_domains != b.stub_domains),
+            ("node-name", a.node_name != b.node_name),
+            ("cluster-domain", a.cluster_domain != b.cluster_domain),
+            ("admin-listen", a.admin_listen != b.admin_listen),
+            ("standalone-cluster-file", a.standalone_cluster_file != b.standalone_cluster_file),
+            ("setup-interface", a.setup_interface != b.setup_interface),
+            ("keep-interface", a.keep_interface != b.keep_interface),
+            ("cache-bytes", ca.max_bytes != cb.max_bytes),
+            ("min-ttl", ca.min_ttl != cb.min_ttl),
+            ("max-ttl", ca.max_ttl != cb.max_ttl),
+            ("max-negative-ttl", ca.max_negative_ttl != cb.max_negative_ttl),
+            ("stale-for", ca.stale_for != cb.stale_for),
+            ("timeout", a.timeout != b.timeout),
+            ("tcp-idle-timeout", a.tcp_idle_timeout != b.tcp_idle_timeout),
+            ("tcp-max-connections", a.tcp_max_connections != b.tcp_max_connections),
+            ("autopath", a.autopath != b.autopath),
+            ("log-queries", a.log_queries != b.log_queries),
+            ("log-format", a.log_format != b.log_format),
+            ("reload-interval", a.reload_interval != b.reload_interval),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 }
 
@@ -455,6 +553,38 @@ mod tests {
         };
         assert!(!off(&["--autopath=false"]));
         assert!(off(&["--autopath"]));
+    }
+
+    #[test]
+    fn a_changed_file_names_its_keys_and_flags_still_win() {
+        let dir = nodedns_testsupport::TempDir::new("agent-cfg");
+        let path =
+            dir.write("agent.yaml", "upstream: ['10.0.0.2:53']\nmax-ttl: 600\nlisten: ['127.0.0.1:53']\n");
+        let a = args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--authority",
+            "http://a:1",
+            "--node-name",
+            "n1",
+            "--max-ttl",
+            "60",
+        ]);
+        let first = Config::resolve(&a).unwrap();
+        assert_eq!(first.cache.max_ttl, 60, "the flag wins over the file");
+        dir.write(
+            "agent.yaml",
+            "upstream: ['10.0.0.3:53']\nmax-ttl: 900\nlisten: ['127.0.0.2:53']\nlog-queries: true\n",
+        );
+        let second = Config::resolve(&a).unwrap();
+        assert_eq!(second.cache.max_ttl, 60, "and still wins after a reload");
+        // The admin address follows the first listen IP when not set.
+        assert_eq!(first.changed_keys(&second), ["listen", "upstream", "admin-listen", "log-queries"]);
+        assert!(RESTART_KEYS.contains(&"listen") && !RESTART_KEYS.contains(&"upstream"));
+        // A reload is checked against the addresses the agent really listens on.
+        let own: SocketAddr = "10.0.0.3:53".parse().unwrap();
+        assert!(second.check_loops(&[own]).unwrap_err().to_string().starts_with("upstream: 10.0.0.3:53"));
+        assert!(second.check_loops(&first.listen).is_ok());
     }
 
     #[test]

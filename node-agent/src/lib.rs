@@ -13,7 +13,8 @@
 //!   and TCP with failover;
 //! - [`respond`]: the one place an answer is counted and logged.
 //!
-//! Around them: [`config`] (flags, environment, YAML), [`interface`] (`--setup-interface`) and
+//! Around them: [`config`] (flags, environment, YAML), [`reload`] (the config file re-read on a
+//! change or SIGHUP, what can change swapped in live), [`interface`] (`--setup-interface`) and
 //! [`admin`] (`/health`, `/ready`, `/metrics`). `main.rs` parses flags and calls [`Agent::run`];
 //! tests call it with port-0 sockets.
 
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod interface;
 pub mod listener;
+pub mod reload;
 pub mod request;
 pub mod respond;
 pub mod upstream;
@@ -33,6 +35,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nodedns_common::reload::{Reloads, Snapshot};
 use nodedns_zone::file_source::{FileSource, SourceError};
 use nodedns_zone::{ClusterStore, ZoneConfig};
 use tokio::sync::Semaphore;
@@ -42,10 +45,11 @@ use tracing::{error, info, warn};
 
 use crate::authority_client::AuthorityLink;
 use crate::cache::Cache;
+use crate::config::Args;
 pub use crate::config::Config;
 use crate::listener::{BindError, DnsSockets, TcpSettings};
+use crate::reload::Reloader;
 use crate::request::Resolver;
-use crate::upstream::Forwarder;
 
 /// How often the cache drops entries past their stale window.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -100,6 +104,9 @@ pub struct Agent {
     cache: Arc<Cache>,
     authority: Arc<AuthorityLink>,
     draining: CancellationToken,
+    /// The flags to resolve the configuration from again, and its files as they were then.
+    reload: Option<(Args, Snapshot)>,
+    reloads: Reloads,
 }
 
 impl Agent {
@@ -112,7 +119,28 @@ impl Agent {
             vec![config.cluster_domain.clone()],
             config.node_resolv.clone(),
         );
-        Self { config, cache, authority, draining: CancellationToken::new() }
+        Self {
+            config,
+            cache,
+            authority,
+            draining: CancellationToken::new(),
+            reload: None,
+            reloads: Reloads::new(),
+        }
+    }
+
+    /// Re-reads the configuration from `args` (what `config` was resolved from) when its files
+    /// change and on [`Reloads::request`] (SIGHUP), applying what can change live. Call right
+    /// after resolving: the files are read now, so any later change is seen.
+    pub fn reload_from(mut self, args: Args) -> Self {
+        let since = Reloader::snapshot(&args, &self.config);
+        self.reload = Some((args, since));
+        self
+    }
+
+    /// Requests reloads and reports them (`status` changes with every attempt).
+    pub fn reloads(&self) -> Reloads {
+        self.reloads.clone()
     }
 
     pub fn authority(&self) -> Arc<AuthorityLink> {
@@ -137,7 +165,8 @@ impl Agent {
         let mut source = FileSource::new(path, Arc::clone(&store));
         let loaded = source.load()?;
         info!(path = %path.display(), objects = loaded.objects, "standalone: cluster file loaded");
-        tracker.spawn(source.watch(Duration::from_secs(1), stop.clone().cancelled_owned(), |result| match result {
+        let interval = self.config.reload_interval;
+        tracker.spawn(source.watch(interval, stop.clone().cancelled_owned(), |result| match result {
             Ok(l) if l.published.is_some() => info!(objects = l.objects, "standalone: cluster file reloaded"),
             Ok(_) => {}
             Err(e) => error!(error = %e, "standalone: cluster file reload failed; still serving the last good cluster"),
@@ -147,7 +176,7 @@ impl Agent {
         let addr = listener.local_addr().map_err(|e| AgentError::StandaloneSetup(e.to_string()))?;
         let shutdown =
             nodedns_grpc::Shutdown { draining: stop.clone(), stop: stop.clone(), lameduck: Duration::ZERO };
-        let service = nodedns_grpc::Service::new(store, Arc::from(Vec::new()), shutdown);
+        let service = nodedns_grpc::Service::new(store, nodedns_grpc::TransferAcl::default(), shutdown);
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = nodedns_grpc::serve_grpc(listener, service, stop).await {
@@ -159,7 +188,7 @@ impl Agent {
 
     /// Serves until `shutdown`; then `/ready` turns false, listeners close and in-flight queries
     /// finish (within the timeout) before it returns.
-    pub async fn run(self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AgentError> {
+    pub async fn run(mut self, listeners: Listeners, shutdown: CancellationToken) -> Result<(), AgentError> {
         let interface = match &self.config.setup_interface {
             Some(name) => {
                 let ips: Vec<_> = self.config.listen.iter().map(SocketAddr::ip).collect();
@@ -186,18 +215,10 @@ impl Agent {
             background.clone(),
         ));
 
-        let upstream = Forwarder::new(&self.config.upstreams, self.config.timeout, "upstream");
-        let stubs = self
-            .config
-            .stub_domains
-            .iter()
-            .map(|s| (s.zone.clone(), Forwarder::new(&s.servers, self.config.timeout, &s.zone)))
-            .collect();
         let resolver = Arc::new(Resolver::new(
             Arc::clone(&self.cache),
             Arc::clone(&self.authority),
-            upstream,
-            stubs,
+            reload::routes(&self.config),
             self.config.node_resolv.clone(),
             self.config.autopath,
             self.config.log_queries,
@@ -278,6 +299,23 @@ impl Agent {
                 }
             });
         }
+        if let Some((args, since)) = self.reload.take() {
+            let mut listen = self.config.listen.clone();
+            listen.extend(&addrs);
+            let mut reloader = Reloader {
+                args,
+                start: self.config.clone(),
+                last: self.config.clone(),
+                listen,
+                resolver: Arc::clone(&resolver),
+                cache: Arc::clone(&self.cache),
+                authority: Arc::clone(&self.authority),
+            };
+            let (reloads, stop, interval) =
+                (self.reloads.clone(), background.clone(), self.config.reload_interval);
+            tracker
+                .spawn(async move { reloads.watch(since, interval, stop, move || reloader.reload()).await });
+        }
         let c = &self.config;
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -298,6 +336,7 @@ impl Agent {
             timeout_s = c.timeout.as_secs_f64(),
             autopath = c.autopath,
             log_queries = c.log_queries,
+            reload_s = c.reload_interval.as_secs_f64(),
             "nodedns-agent serving"
         );
 

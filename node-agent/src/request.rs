@@ -2,11 +2,18 @@
 //! route it (authority for the cluster zones, a stub domain's servers, or the upstreams), with
 //! identical misses in flight coalesced into one query. The answer is written by
 //! [`crate::respond`], the one place that counts and logs.
+//!
+//! What a config reload changes is read here without a lock: the forwarders ([`Routes`]) are
+//! swapped whole, so a miss routes and forwards with one consistent set while later misses use
+//! the new one; `log-queries` and `autopath` are flags read with a relaxed atomic load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -46,15 +53,47 @@ enum Fetched {
 
 type InFlight = Shared<BoxFuture<'static, Fetched>>;
 
-pub struct Resolver {
-    pub cache: Arc<Cache>,
-    pub authority: Arc<AuthorityLink>,
+/// Where names outside the authority's zones go: swapped whole by a config reload.
+pub struct Routes {
     pub upstream: Forwarder,
     /// `(zone, forwarder)`, longest zone first.
     pub stubs: Vec<(String, Forwarder)>,
-    pub log_queries: bool,
+}
+
+impl Routes {
+    pub fn new(upstream: Forwarder, mut stubs: Vec<(String, Forwarder)>) -> Self {
+        stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
+        Self { upstream, stubs }
+    }
+
+    /// Takes over the health marks of `old`'s servers (see [`Forwarder::keep_health`]).
+    pub fn keep_health(&self, old: &Routes) {
+        self.upstream.keep_health(&old.upstream);
+        for (zone, stub) in &self.stubs {
+            if let Some((_, o)) = old.stubs.iter().find(|(z, _)| z == zone) {
+                stub.keep_health(o);
+            }
+        }
+    }
+
+    fn route(&self, qname: &str, authority: &AuthorityLink) -> Route {
+        if let Some(i) = self.stubs.iter().position(|(zone, _)| in_zone(qname, zone)) {
+            return Route::Stub(i);
+        }
+        if authority.view().zones.iter().any(|z| in_zone(qname, z)) {
+            return Route::Authority;
+        }
+        Route::Upstream
+    }
+}
+
+pub struct Resolver {
+    pub cache: Arc<Cache>,
+    pub authority: Arc<AuthorityLink>,
+    routes: ArcSwap<Routes>,
+    log_queries: AtomicBool,
     /// Whether to autopath the node's pods (`--autopath`).
-    pub autopath: bool,
+    autopath: AtomicBool,
     /// The node's resolv.conf: its search domains join the pods' for autopath.
     pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
@@ -111,20 +150,17 @@ impl Resolver {
     pub fn new(
         cache: Arc<Cache>,
         authority: Arc<AuthorityLink>,
-        upstream: Forwarder,
-        mut stubs: Vec<(String, Forwarder)>,
+        routes: Routes,
         node: ResolvConf,
         autopath: bool,
         log_queries: bool,
     ) -> Self {
-        stubs.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.len()));
         Self {
             cache,
             authority,
-            upstream,
-            stubs,
-            log_queries,
-            autopath,
+            routes: ArcSwap::from_pointee(routes),
+            log_queries: AtomicBool::new(log_queries),
+            autopath: AtomicBool::new(autopath),
             node,
             inflight: Mutex::default(),
             probe: wire::encode_name(&probe_name()).unwrap_or_default().into_boxed_slice(),
@@ -134,13 +170,29 @@ impl Resolver {
     }
 
     pub fn route(&self, qname: &str) -> Route {
-        if let Some(i) = self.stubs.iter().position(|(zone, _)| in_zone(qname, zone)) {
-            return Route::Stub(i);
-        }
-        if self.authority.view().zones.iter().any(|z| in_zone(qname, z)) {
-            return Route::Authority;
-        }
-        Route::Upstream
+        self.routes.load().route(qname, &self.authority)
+    }
+
+    /// The forwarders in use.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// New forwarders (a config reload): misses already routed finish with the old ones.
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    pub fn set_log_queries(&self, on: bool) {
+        self.log_queries.store(on, Ordering::Relaxed);
+    }
+
+    pub fn set_autopath(&self, on: bool) {
+        self.autopath.store(on, Ordering::Relaxed);
+    }
+
+    fn log_queries(&self) -> bool {
+        self.log_queries.load(Ordering::Relaxed)
     }
 
     /// The hit path: parse, look up, and write a cached answer into `out` when there is one.
@@ -164,7 +216,7 @@ impl Resolver {
                     respond::answered(
                         &Outcome { transport, qtype: 0, rcode, source: Source::Error, client, started: now },
                         key,
-                        self.log_queries,
+                        self.log_queries(),
                     );
                     return Step::Answer;
                 }
@@ -181,7 +233,7 @@ impl Resolver {
                         started: now,
                     },
                     key,
-                    self.log_queries,
+                    self.log_queries(),
                 );
                 return Step::Answer;
             }
@@ -192,7 +244,7 @@ impl Resolver {
             }
             // A pod's possible first search expansion is answered per search context: walked
             // answers are cached under the context's tag, never served to other clients.
-            let autopath = self.autopath && {
+            let autopath = self.autopath.load(Ordering::Relaxed) && {
                 let view = self.authority.view_guard();
                 match view.contexts.get(&client.ip()) {
                     Some(ctx) if query.qclass == 1 && autopath::may_apply(key, ctx) => {
@@ -216,7 +268,7 @@ impl Resolver {
                         started: now,
                     },
                     key,
-                    self.log_queries,
+                    self.log_queries(),
                 );
                 if prefetch {
                     return Step::AnswerAndPrefetch(Miss {
@@ -288,7 +340,7 @@ impl Resolver {
         respond::answered(
             &Outcome { transport, qtype: query.qtype, rcode, source, client, started },
             &key,
-            self.log_queries,
+            self.log_queries(),
         );
     }
 
@@ -314,8 +366,9 @@ impl Resolver {
         let mut query = vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
         query.extend_from_slice(&self.probe);
         query.extend_from_slice(&[0, 13, 0, 1]); // HINFO IN, as CoreDNS's loop plugin asks
-        let _ = self.upstream.forward(&query).await;
-        for (_, stub) in &self.stubs {
+        let routes = self.routes();
+        let _ = routes.upstream.forward(&query).await;
+        for (_, stub) in &routes.stubs {
             let _ = stub.forward(&query).await;
         }
         tracing::debug!(probe = name, "loop probe sent");
@@ -456,7 +509,9 @@ impl Resolver {
         transport: Transport,
     ) -> Fetched {
         let qname = wire::key_name(key);
-        let route = self.route(&qname);
+        // One set of forwarders for the route and the forwarding, whatever a reload swaps in.
+        let routes = self.routes();
+        let route = routes.route(&qname, &self.authority);
         let result = match route {
             Route::Authority => {
                 self.authority.resolve(packet, client.ip(), transport == Transport::Tcp).await.map_err(|e| {
@@ -464,8 +519,11 @@ impl Resolver {
                     "authority"
                 })
             }
-            Route::Stub(i) => self.stubs[i].1.forward(packet).await.map_err(|_| "stub domain"),
-            Route::Upstream => self.upstream.forward(packet).await.map_err(|_| "upstream"),
+            Route::Stub(i) => match routes.stubs.get(i) {
+                Some((_, stub)) => stub.forward(packet).await.map_err(|_| "stub domain"),
+                None => Err("stub domain"),
+            },
+            Route::Upstream => routes.upstream.forward(packet).await.map_err(|_| "upstream"),
         };
         match result {
             // Nothing shorter than a header is passed on: the id and flags could not be set.

@@ -57,6 +57,17 @@ impl Forwarder {
         self.servers.iter().map(|s| s.addr)
     }
 
+    /// Takes over the health marks of `old`'s servers that are also ours (a config reload
+    /// rebuilds the forwarders; a server known to be down stays tried last, and its
+    /// `nodedns_upstream_healthy` gauge recovers when it answers).
+    pub fn keep_health(&self, old: &Forwarder) {
+        for server in self.servers.iter() {
+            if let Some(o) = old.servers.iter().find(|o| o.addr == server.addr) {
+                server.failures.store(o.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     fn mark(&self, server: &Server, ok: bool) {
         if ok {
             if server.failures.swap(0, Ordering::Relaxed) >= DOWN_AFTER {

@@ -18,6 +18,7 @@ struct Running {
     _stop: StopOnDrop,
     dns: SocketAddr,
     authority: std::sync::Arc<nodedns_agent::authority_client::AuthorityLink>,
+    reloads: nodedns_common::reload::Reloads,
     admin: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), nodedns_agent::AgentError>>,
@@ -52,12 +53,14 @@ async fn start(extra: &[&str]) -> Running {
     let mut argv = vec!["nodedns-agent", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     argv.extend(["--standalone-cluster-file", cluster.to_str().unwrap()]);
     argv.extend_from_slice(extra);
-    let config = Config::resolve(&Args::try_parse_from(argv).unwrap()).expect("test config resolves");
+    let args = Args::try_parse_from(argv).unwrap();
+    let config = Config::resolve(&args).expect("test config resolves");
     let listeners = Listeners::bind(&config).expect("port-0 sockets bind");
     let dns = listeners.dns_addrs()[0];
     let admin = listeners.admin_addr().unwrap();
-    let agent = Agent::new(config);
+    let agent = Agent::new(config).reload_from(args);
     let authority = agent.authority();
+    let reloads = agent.reloads();
     let mut connected = authority.connected();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(listeners, shutdown.clone()));
@@ -70,6 +73,7 @@ async fn start(extra: &[&str]) -> Running {
         _stop: StopOnDrop(shutdown.clone()),
         dns,
         authority,
+        reloads,
         admin,
         shutdown,
         task,
@@ -229,6 +233,22 @@ async fn malformed_queries_get_formerr_and_the_next_query_is_answered() {
     assert_eq!(addresses(&ask(s.dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
     let (_, metrics) = http_get(s.admin, "/metrics").await;
     assert!(metrics.contains("coredns_dns_responses_total{rcode=\"FORMERR\"}"), "{metrics}");
+    // The answer-latency histogram (kept outside the recorder) is there once, with both protocols.
+    assert_eq!(
+        metrics.matches("# TYPE coredns_dns_request_duration_seconds histogram").count(),
+        1,
+        "{metrics}"
+    );
+    for proto in ["udp", "tcp"] {
+        let count = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("coredns_dns_request_duration_seconds_count{{proto=\"{proto}\"}} "))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(count >= 1, "{proto} answers are timed: {metrics}");
+    }
     s.stop().await;
 }
 
@@ -309,4 +329,143 @@ async fn a_forwarding_loop_is_detected_and_logged_not_followed() {
     assert_eq!(addresses(&ask(dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
     shutdown.cancel();
     assert!(task.await.unwrap().is_ok());
+}
+
+/// Waits (at most 20 s) until the reload status satisfies `done`.
+async fn reloaded(
+    status: &mut tokio::sync::watch::Receiver<nodedns_common::reload::Status>,
+    what: &str,
+    done: impl FnMut(&nodedns_common::reload::Status) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(done))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 20 s"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_config_moves_forwarding_to_the_new_upstream_and_a_bad_file_keeps_it() {
+    use nodedns_common::reload::Applied;
+    let (a, b) = (FakeUpstream::start().await.unwrap(), FakeUpstream::start().await.unwrap());
+    let dir = TempDir::new("agent-reload");
+    let config = dir.write("agent.yaml", &format!("upstream: ['{}']\n", a.addr));
+    let s = start(&["--config", config.to_str().unwrap(), "--reload-interval", "0.05"]).await;
+    assert_eq!(addresses(&ask(s.dns, "one.example.test.", "A", None).await), ["192.0.2.1"]);
+    assert_eq!((a.queries(), b.queries()), (1, 0));
+
+    // The file changes (as a ConfigMap does, by a rename): upstream B and a cache limit apply
+    // live; the cluster domain waits for a restart.
+    let mut status = s.reloads.status();
+    dir.write(
+        "agent.yaml",
+        &format!("upstream: ['{}']\nmax-negative-ttl: 0\ncluster-domain: other.test\n", b.addr),
+    );
+    reloaded(&mut status, "the changed file is applied", |st| st.applied == 1).await;
+    assert_eq!(
+        status.borrow().last,
+        Applied { changed: vec!["upstream", "max-negative-ttl"], restart: vec!["cluster-domain"] }
+    );
+    assert_eq!(addresses(&ask(s.dns, "two.example.test.", "A", None).await), ["192.0.2.1"]);
+    assert_eq!((a.queries(), b.queries()), (1, 1), "an uncached name goes to the new upstream only");
+    ask(s.dns, "one.example.test.", "A", None).await;
+    assert_eq!((a.queries(), b.queries()), (1, 1), "the cache survives a reload");
+    for _ in 0..2 {
+        let nx = ask(s.dns, "nx.two.example.test.", "A", None).await;
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(b.queries(), 3, "with max-negative-ttl 0 a denial is no longer cached");
+    assert_eq!(
+        addresses(&ask(s.dns, "svc1.testns.svc.cluster.local.", "A", None).await),
+        ["10.0.0.1"],
+        "cluster names still go to the authority under the running cluster domain"
+    );
+
+    // Bad files keep B: a loop to our own (bound) address, an unknown key, an invalid value.
+    let own = s.dns;
+    let bad = [
+        (format!("upstream: ['{own}']\n"), format!("upstream: {own} is one of our own listen addresses")),
+        (format!("upstream: ['{}']\nupstreams: []\n", a.addr), "upstreams".to_owned()),
+        (format!("upstream: ['{}']\nmin-ttl: 100\nmax-ttl: 10\n", a.addr), "min-ttl: ".to_owned()),
+    ];
+    for (n, (text, named)) in bad.iter().enumerate() {
+        dir.write("agent.yaml", text);
+        reloaded(&mut status, "a bad file is refused", |st| st.failed == n as u64 + 1).await;
+        let error = status.borrow().last_error.clone().unwrap_or_default();
+        assert!(error.contains(named.as_str()), "{text:?}: {error}");
+        let name = format!("bad{n}.example.test.");
+        assert_eq!(addresses(&ask(s.dns, &name, "A", None).await), ["192.0.2.1"]);
+        assert_eq!((a.queries(), b.queries()), (1, n + 4), "{text:?}: still forwarded to B");
+    }
+    assert_eq!(status.borrow().applied, 1);
+    let (_, metrics) = http_get(s.admin, "/metrics").await;
+    assert!(metrics.contains("nodedns_config_reloads_total{result=\"error\"}"), "{metrics}");
+    assert!(metrics.contains("nodedns_config_reloads_total{result=\"ok\"}"), "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reloads_under_load_fail_no_query() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, b) = (FakeUpstream::start().await.unwrap(), FakeUpstream::start().await.unwrap());
+    let dir = TempDir::new("agent-reload-load");
+    // Alternate the upstream, the cache bound (shrinking it evicts), the TTL cap and the query log.
+    let settings = |n: usize| {
+        let odd = !n.is_multiple_of(2);
+        let (up, bytes) = if odd { (b.addr, 65536) } else { (a.addr, 33554432) };
+        format!("upstream: ['{up}']\ncache-bytes: {bytes}\nmax-ttl: {}\nlog-queries: {odd}\n", 300 + n)
+    };
+    let config = dir.write("agent.yaml", &settings(0));
+    let s = start(&["--config", config.to_str().unwrap()]).await;
+
+    // 2,000 queries one after another, half of them new names (misses, forwarded), half one
+    // name (cache hits); each must be answered, with its id, NOERROR and the address.
+    let (dns, done) = (s.dns, Arc::new(AtomicBool::new(false)));
+    let client = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut failures = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            for i in 0..2000u16 {
+                let name = if i % 2 == 0 { format!("q{i}.load.test.") } else { "hot.load.test.".to_owned() };
+                let query = build(&name, "A", i, None).unwrap().bytes;
+                let reply = socket.send_to(&query, dns).and_then(|_| socket.recv(&mut buf));
+                let ok = match reply {
+                    Ok(n) => Message::from_vec(&buf[..n]).is_ok_and(|m| {
+                        m.metadata.id == i
+                            && m.metadata.response_code == ResponseCode::NoError
+                            && addresses(&m) == ["192.0.2.1"]
+                    }),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failures.push(name);
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            failures
+        })
+    };
+    // Meanwhile the file is rewritten and reloaded (SIGHUP's way, and the poll) over and over.
+    let mut status = s.reloads.status();
+    let mut rewrites = 0;
+    while !done.load(Ordering::Relaxed) || rewrites < 4 {
+        rewrites += 1;
+        let before = status.borrow_and_update().applied;
+        dir.write("agent.yaml", &settings(rewrites));
+        s.reloads.request();
+        reloaded(&mut status, "a rewrite under load is applied", |st| st.applied > before).await;
+    }
+    let failures = tokio::task::spawn_blocking(move || client.join().unwrap()).await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of 2000 queries failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(status.borrow().failed, 0);
+    assert!(a.queries() > 0 && b.queries() > 0, "both upstreams served: {} and {}", a.queries(), b.queries());
+    s.stop().await;
 }

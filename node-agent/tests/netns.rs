@@ -105,7 +105,7 @@ async fn authority(ip: IpAddr, stop: &CancellationToken) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let shutdown =
         nodedns_grpc::Shutdown { draining: stop.clone(), stop: stop.clone(), lameduck: Duration::ZERO };
-    let service = nodedns_grpc::Service::new(store, Arc::from(Vec::new()), shutdown);
+    let service = nodedns_grpc::Service::new(store, nodedns_grpc::TransferAcl::default(), shutdown);
     tokio::spawn(nodedns_grpc::serve_grpc(listener, service, stop.clone()));
     addr
 }

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use metrics::{counter, gauge, histogram};
 use nodedns_proto::v1::authority_server::{Authority, AuthorityServer};
@@ -49,11 +50,15 @@ pub struct Shutdown {
     pub lameduck: Duration,
 }
 
+/// The clients allowed zone transfers (`--transfer-from`), shared with the DNS listener and
+/// swapped by a config reload.
+pub type TransferAcl = Arc<ArcSwap<Vec<IpNet>>>;
+
 /// Cheap to clone: each stream's task holds a copy.
 #[derive(Clone)]
 pub struct Service {
     pub store: Arc<ClusterStore>,
-    pub transfer_from: Arc<[IpNet]>,
+    pub transfer_from: TransferAcl,
     pub shutdown: Shutdown,
 }
 
@@ -151,7 +156,7 @@ fn wire_update(u: Update) -> SubscribeResponse {
 }
 
 impl Service {
-    pub fn new(store: Arc<ClusterStore>, transfer_from: Arc<[IpNet]>, shutdown: Shutdown) -> Self {
+    pub fn new(store: Arc<ClusterStore>, transfer_from: TransferAcl, shutdown: Shutdown) -> Self {
         Self { store, transfer_from, shutdown }
     }
 
@@ -174,10 +179,11 @@ impl Service {
             _ => Transport::Udp,
         };
         let index = self.store.index();
+        let transfer_from = self.transfer_from.load();
         let ctx = Context {
             transport,
             client: client_ip(&req.client_ip),
-            transfer_from: &self.transfer_from,
+            transfer_from: &transfer_from,
             describe: false,
         };
         let mut served = serve(&index, &req.query, &ctx);

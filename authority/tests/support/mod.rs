@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use nodedns_authority::config::{Args, Config};
 use nodedns_authority::{Authority, Listeners};
+use nodedns_common::reload::Reloads;
 use nodedns_zone::ClusterStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,8 @@ pub struct Running {
     pub admin: SocketAddr,
     pub grpc: SocketAddr,
     pub store: Arc<ClusterStore>,
+    /// Config reloads (`--config` re-read): request one, or wait on its status.
+    pub reloads: Reloads,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), nodedns_authority::AuthorityError>>,
 }
@@ -61,8 +64,20 @@ impl Running {
     }
 }
 
+/// Waits (at most 20 s) until the reload status satisfies `done`.
+pub async fn reloaded(
+    status: &mut tokio::sync::watch::Receiver<nodedns_common::reload::Status>,
+    what: &str,
+    done: impl FnMut(&nodedns_common::reload::Status) -> bool,
+) {
+    tokio::time::timeout(std::time::Duration::from_secs(20), status.wait_for(done))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 20 s"))
+        .expect("reloads dropped");
+}
+
 /// Parses `extra` flags after the test defaults (loopback port 0, no lameduck).
-pub fn config(extra: &[&str]) -> Config {
+pub fn args(extra: &[&str]) -> Args {
     let mut argv = vec![
         "nodedns-authority",
         "--dns-listen",
@@ -76,7 +91,12 @@ pub fn config(extra: &[&str]) -> Config {
         argv.extend(["--lameduck", "0"]);
     }
     argv.extend_from_slice(extra);
-    Config::resolve(&Args::try_parse_from(argv).expect("test flags parse")).expect("test config resolves")
+    Args::try_parse_from(argv).expect("test flags parse")
+}
+
+/// The configuration of [`args`].
+pub fn config(extra: &[&str]) -> Config {
+    Config::resolve(&args(extra)).expect("test config resolves")
 }
 
 /// Starts an authority and waits until its cluster is loaded.
@@ -93,16 +113,18 @@ pub async fn start(extra: &[&str]) -> Running {
 
 /// Starts an authority without waiting for its cluster.
 pub async fn start_unsynced(extra: &[&str]) -> Running {
-    let config = config(extra);
+    let args = args(extra);
+    let config = Config::resolve(&args).expect("test config resolves");
     let listeners = Listeners::bind(&config).expect("binding port-0 sockets");
     let dns = listeners.dns.addrs()[0];
     let admin = listeners.admin_addr().expect("admin listener");
     let grpc = listeners.grpc_addr().expect("gRPC listener");
-    let authority = Authority::new(config);
+    let authority = Authority::new(config).reload_from(args);
     let store = authority.store();
+    let reloads = authority.reloads();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(authority.run(listeners, shutdown.clone()));
-    Running { dns, admin, grpc, store, shutdown, task }
+    Running { dns, admin, grpc, store, reloads, shutdown, task }
 }
 
 /// GET an admin path; returns (status, body).

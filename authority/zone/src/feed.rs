@@ -214,6 +214,8 @@ pub(crate) enum Pending<'s> {
     Reset(&'s ClusterState),
     /// Changed owner names and the pods whose objects changed: `(key, before, after)`.
     Changes { names: BTreeSet<String>, pods: Vec<(ObjectKey, Option<Pod>, Option<Pod>)> },
+    /// New zone settings, same cluster: anything in the zones may have changed.
+    Everything,
 }
 
 pub struct Feed {
@@ -342,6 +344,10 @@ impl Feed {
                     self.move_pod(&key, before.as_ref(), after.as_ref(), &mut pod_changes);
                 }
                 names
+            }
+            Pending::Everything => {
+                subtrees.extend(self.zones.iter().cloned());
+                BTreeSet::new()
             }
         };
         let names: Vec<String> = if names.len() > MAX_NOTICE_NAMES {

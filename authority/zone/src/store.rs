@@ -5,6 +5,10 @@
 //! batch of single-object changes (watch events) patches it: each affected object's old
 //! contributions are taken back and its new ones added, so a change costs time in proportion to
 //! what it touches, not to the size of the cluster.
+//!
+//! New zone settings (a config reload: TTL, pods mode, reverse CIDRs, wildcards, NS addresses)
+//! rebuild the index from the cluster held, and agents are told that everything in the zones may
+//! have changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -242,7 +246,8 @@ struct Before {
 }
 
 pub struct ClusterStore {
-    config: ZoneConfig,
+    /// Written only with the state lock held (by [`ClusterStore::reconfigure`]).
+    config: ArcSwap<ZoneConfig>,
     inner: Mutex<Inner>,
     index: ArcSwap<ZoneIndex>,
     generation: watch::Sender<u64>,
@@ -263,7 +268,7 @@ impl ClusterStore {
         let feed = Feed::new(domain.trim_end_matches('.').to_owned(), zone_names(&index));
         Arc::new(Self {
             inner: Mutex::new(Inner { state: ClusterState::default(), working: index.clone() }),
-            config,
+            config: ArcSwap::from_pointee(config),
             index: ArcSwap::from_pointee(index),
             generation: watch::channel(0).0,
             synced: AtomicBool::new(false),
@@ -271,8 +276,34 @@ impl ClusterStore {
         })
     }
 
-    pub fn config(&self) -> &ZoneConfig {
-        &self.config
+    pub fn config(&self) -> Arc<ZoneConfig> {
+        self.config.load_full()
+    }
+
+    /// Serves the cluster with new zone settings: the index is rebuilt from the cluster held and
+    /// published with a notice that everything in the zones may have changed (a new TTL changes
+    /// every record; a pods mode or wildcards change, answers no record names), so agents drop
+    /// the cluster answers they cached. The cluster domain is kept: agents route by it and the
+    /// feed's pod search lists are built with it. Returns `None` when nothing changed, or when no
+    /// complete cluster is loaded yet (the first one is built with the new settings).
+    pub fn reconfigure(&self, mut config: ZoneConfig) -> Option<Published> {
+        let started = Instant::now();
+        let mut inner = self.lock();
+        let current = self.config.load_full();
+        config.cluster_domain = current.cluster_domain.clone();
+        if *current == config {
+            return None;
+        }
+        self.config.store(Arc::new(config));
+        let config = self.config.load_full();
+        if !self.is_synced() {
+            inner.working = ZoneIndex::empty(&config);
+            self.index.store(Arc::new(inner.working.clone()));
+            return None;
+        }
+        inner.working = ZoneIndex::build(&inner.state, &config, self.next_serial());
+        let index = Arc::new(inner.working.clone());
+        Some(self.publish(index, false, started, false, Pending::Everything))
     }
 
     /// The current index. Cheap: one atomic load and a reference count.
@@ -331,7 +362,7 @@ impl ClusterStore {
         if !self.is_synced() {
             // The first complete cluster: no agent follows an earlier one, so no diff.
             inner.state = new;
-            inner.working = ZoneIndex::build(&inner.state, &self.config, self.next_serial());
+            inner.working = ZoneIndex::build(&inner.state, &self.config.load(), self.next_serial());
             let index = Arc::new(inner.working.clone());
             return Some(self.publish(index, true, started, false, Pending::Reset(&inner.state)));
         }
@@ -355,13 +386,14 @@ impl ClusterStore {
         for e in edits {
             e.apply_to(&mut inner.state);
         }
-        let uncovered = self.config.reverse_cidrs.is_none()
+        let uncovered = self.config.load().reverse_cidrs.is_none()
             && before.affected.addresses(&inner.state).iter().any(|ip| !inner.working.covers(ip));
         self.finish(&mut inner, before, replace || uncovered, started)
     }
 
     fn before(&self, inner: &Inner, affected: Affected) -> Before {
-        let contributions = Contributions::new(&self.config, &inner.working.reverse_cidrs);
+        let config = self.config.load();
+        let contributions = Contributions::new(&config, &inner.working.reverse_cidrs);
         Before {
             contributions: affected.contributions(&inner.state, &contributions),
             pods: affected.pods(&inner.state),
@@ -372,11 +404,12 @@ impl ClusterStore {
     /// With `inner.state` changed: rebuilds or patches the index, then publishes the change.
     fn finish(&self, inner: &mut Inner, mut before: Before, rebuild: bool, started: Instant) -> Published {
         let serial = self.next_serial();
+        let config = self.config.load();
         if rebuild {
-            inner.working = ZoneIndex::build(&inner.state, &self.config, serial);
+            inner.working = ZoneIndex::build(&inner.state, &config, serial);
         }
         let reverse = inner.working.reverse_cidrs.clone();
-        let contributions = Contributions::new(&self.config, &reverse);
+        let contributions = Contributions::new(&config, &reverse);
         let new = before.affected.contributions(&inner.state, &contributions);
         let names: BTreeSet<String> = if rebuild {
             changed_owners(&before.contributions, &new)
@@ -437,5 +470,35 @@ impl ClusterStore {
         self.feed_mut().record(generation, zones, pending);
         self.generation.send_replace(generation);
         Published { generation, serial, build_time: started.elapsed(), stats, incremental }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::{Name, RecordType};
+
+    #[test]
+    fn new_zone_settings_rebuild_the_index_and_tell_agents_everything_changed() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {clusterIP: 10.0.0.1}\n";
+        let store = ClusterStore::new(ZoneConfig::default());
+        let ttl9 = ZoneConfig { ttl: 9, ..ZoneConfig::default() };
+        assert!(store.reconfigure(ttl9.clone()).is_none(), "nothing loaded: nothing to publish");
+        store.replace(crate::file::parse_cluster(text).unwrap().objects).unwrap();
+        let name = Name::from_ascii("s.a.svc.cluster.local.").unwrap();
+        let ttl = |store: &ClusterStore| store.index().lookup(&name, RecordType::A).unwrap().answers[0].ttl;
+        assert_eq!(ttl(&store), 9, "the first cluster is built with the settings given before it");
+        let revision = store.revision();
+        assert!(store.reconfigure(ttl9).is_none(), "the same settings change nothing");
+
+        let other_domain = Name::from_ascii("other.local.").unwrap();
+        let p =
+            store.reconfigure(ZoneConfig { ttl: 30, cluster_domain: other_domain, ..ZoneConfig::default() });
+        assert!(p.is_some_and(|p| !p.incremental));
+        assert_eq!(ttl(&store), 30);
+        assert_eq!(store.config().cluster_domain.to_ascii(), "cluster.local.", "the cluster domain stays");
+        let update = store.changes_since(revision, "node-1").unwrap();
+        assert!(update.subtrees.contains("cluster.local."), "{update:?}");
     }
 }
