@@ -242,16 +242,14 @@ fn main() -> anyhow::Result<()> {
             let opts = nodedns_load::agent_memory::Options { agent, entries, agent_args };
             tokio::runtime::Runtime::new()?.block_on(nodedns_load::agent_memory::run(opts))?
         }
-        Command::StandInUpstream { listen, seconds } => {
-            tokio::runtime::Runtime::new()?.block_on(async {
-                let upstream =
-                    nodedns_load::search_path::UpstreamStandIn::start(listen, std::time::Duration::ZERO).await?;
-                println!("{}", upstream.addr);
-                tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
-                upstream.stop();
-                anyhow::Ok(())
-            })?
-        }
+        Command::StandInUpstream { listen, seconds } => tokio::runtime::Runtime::new()?.block_on(async {
+            let upstream =
+                nodedns_load::search_path::UpstreamStandIn::start(listen, std::time::Duration::ZERO).await?;
+            println!("{}", upstream.addr);
+            tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+            upstream.stop();
+            anyhow::Ok(())
+        })?,
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
     Ok(())

@@ -78,7 +78,9 @@ async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> String {
     metrics::gauge!("coredns_cache_entries").set(s.cache.entry_count() as f64);
     metrics::gauge!("nodedns_cache_bytes").set(s.cache.weighted_size() as f64);
-    prometheus().render()
+    let mut text = prometheus().render();
+    crate::respond::render(&mut text);
+    text
 }
 
 pub async fn serve(

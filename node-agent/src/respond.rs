@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, counter};
+use nodedns_common::telemetry::{FastHistogram, render_histograms};
 
 use crate::request::Transport;
 use crate::wire;
@@ -84,8 +85,8 @@ struct Handles {
     hits_denial: Counter,
     stale: Counter,
     misses: Counter,
-    /// [proto]
-    duration: [Histogram; 2],
+    /// [proto]: rendered by [`render`], not through the recorder (see [`FastHistogram`]).
+    duration: [FastHistogram; 2],
 }
 
 fn handles() -> &'static Handles {
@@ -115,10 +116,7 @@ fn handles() -> &'static Handles {
             hits_denial: counter!("coredns_cache_hits_total", "type" => "denial"),
             stale: counter!("nodedns_cache_stale_served_total"),
             misses: counter!("coredns_cache_misses_total"),
-            duration: [
-                histogram!("coredns_dns_request_duration_seconds", "proto" => "udp"),
-                histogram!("coredns_dns_request_duration_seconds", "proto" => "tcp"),
-            ],
+            duration: [FastHistogram::new(&[("proto", "udp")]), FastHistogram::new(&[("proto", "tcp")])],
         }
     })
 }
@@ -136,7 +134,7 @@ pub fn answered(o: &Outcome, key: &[u8], log: bool) {
         _ => {}
     }
     let took = o.started.elapsed();
-    h.duration[proto].record(took.as_secs_f64());
+    h.duration[proto].record(took);
     if log {
         tracing::info!(
             client = %o.client,
@@ -149,6 +147,17 @@ pub fn answered(o: &Outcome, key: &[u8], log: bool) {
             "query"
         );
     }
+}
+
+/// Appends the series kept outside the recorder to the recorder's `/metrics` text.
+pub fn render(out: &mut String) {
+    let h = handles();
+    render_histograms(
+        "coredns_dns_request_duration_seconds",
+        "Time to answer a DNS request.",
+        &[&h.duration[0], &h.duration[1]],
+        out,
+    );
 }
 
 pub fn cache_miss() {
