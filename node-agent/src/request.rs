@@ -221,6 +221,22 @@ impl Resolver {
                     return Step::Answer;
                 }
             };
+            if query.edns_version != 0 {
+                wire::badvers_response(packet, &query, out);
+                respond::answered(
+                    &Outcome {
+                        transport,
+                        qtype: query.qtype,
+                        rcode: 16,
+                        source: Source::Error,
+                        client,
+                        started: now,
+                    },
+                    key,
+                    self.log_queries(),
+                );
+                return Step::Answer;
+            }
             if query.qclass != 1 && query.qclass != 255 {
                 wire::error_response(packet, Some(&query), 4, out);
                 respond::answered(

@@ -32,6 +32,8 @@ pub struct Query {
     pub cd: bool,
     /// The client's EDNS UDP payload size, if it sent an OPT record.
     pub edns: Option<u16>,
+    /// The EDNS version the client asked for (RFC 6891: above 0 is answered BADVERS).
+    pub edns_version: u8,
     pub dnssec_ok: bool,
 }
 
@@ -87,6 +89,7 @@ pub fn parse_query(packet: &[u8], key: &mut Vec<u8>) -> Result<Query, Reject> {
         rd: packet[2] & RD != 0,
         cd: packet[3] & 0x10 != 0,
         edns: None,
+        edns_version: 0,
         dnssec_ok: false,
     };
     match count(10) {
@@ -98,6 +101,7 @@ pub fn parse_query(packet: &[u8], key: &mut Vec<u8>) -> Result<Query, Reject> {
                 return Err(Reject::Rcode(1));
             }
             query.edns = Some(u16::from_be_bytes([rest[3], rest[4]]));
+            query.edns_version = rest[6];
             query.dnssec_ok = rest[7] & 0x80 != 0;
         }
         _ => return Err(Reject::Rcode(1)),
@@ -292,6 +296,16 @@ pub fn error_response(packet: &[u8], query: Option<&Query>, rcode: u8, out: &mut
         if q.edns.is_some() {
             push_opt(out, q.dnssec_ok);
         }
+    }
+}
+
+/// Writes the BADVERS answer to a query asking for an EDNS version above ours (0): header rcode 0
+/// and the OPT record's extended rcode 1 (16 = BADVERS, RFC 6891 section 6.1.3), version 0.
+pub fn badvers_response(packet: &[u8], query: &Query, out: &mut Vec<u8>) {
+    error_response(packet, Some(query), 0, out);
+    let len = out.len();
+    if query.edns.is_some() && len >= 11 {
+        out[len - 6] = 1;
     }
 }
 

@@ -469,3 +469,115 @@ async fn config_reloads_under_load_fail_no_query() {
     assert!(a.queries() > 0 && b.queries() > 0, "both upstreams served: {} and {}", a.queries(), b.queries());
     s.stop().await;
 }
+
+/// What the agent did with one packet: answered with this rcode (extended rcode included), or
+/// sent nothing.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Rcode(u16),
+    Dropped,
+}
+
+/// Sends `bad`, then a good query with another id, on one socket: the first reply is either the
+/// answer to `bad` or, when `bad` got none, the good query's. No waiting for an absence.
+async fn outcome(server: SocketAddr, bad: &[u8], good: &[u8]) -> Outcome {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bad, server).await.unwrap();
+    socket.send_to(good, server).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("the good query is answered within 5 s")
+        .unwrap();
+    if buf[..2] == good[..2] {
+        return Outcome::Dropped;
+    }
+    let rcode = u16::from(buf[3] & 0x0f);
+    // An OPT record carries the upper 8 bits of the rcode (BADVERS = 16).
+    let extended = Message::from_vec(&buf[..n])
+        .ok()
+        .and_then(|m| m.edns.map(|e| u16::from(e.rcode_high())))
+        .unwrap_or(0);
+    Outcome::Rcode(rcode | (extended << 4))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_table_gets_formerr_notimp_or_a_drop_and_the_server_keeps_answering() {
+    let up = FakeUpstream::start().await.unwrap();
+    let upstream = up.addr.to_string();
+    let s = start(&["--upstream", &upstream]).await;
+    let good = build("svc1.testns.svc.cluster.local.", "A", 0x600d, None).unwrap().bytes;
+    let header = |qd: u16, flags: u16| {
+        let mut h = vec![0xba, 0xd0];
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&qd.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        h
+    };
+    let question = |name: &[u8]| {
+        let mut q = header(1, 0x0100);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        q
+    };
+    let long_label = [&[64u8][..], &[b'a'; 64], &[0]].concat();
+    let long_name: Vec<u8> =
+        (0..5).flat_map(|_| std::iter::once(63u8).chain(std::iter::repeat_n(b'a', 63))).chain([0]).collect();
+    let mut opcode_status = good.clone();
+    opcode_status[..2].copy_from_slice(&[0xba, 0xd1]);
+    opcode_status[2] = (opcode_status[2] & 0x87) | (2 << 3);
+    let mut response = good.clone();
+    response[..2].copy_from_slice(&[0xba, 0xd2]);
+    response[2] |= 0x80;
+    let edns_v1 = {
+        let mut q = build("svc1.testns.svc.cluster.local.", "A", 0xed01, Some(1232)).unwrap().bytes;
+        // The OPT record's TTL field holds extended rcode, version, flags: set version 1.
+        let len = q.len();
+        q[len - 5] = 1;
+        q
+    };
+    let edns_huge = build("svc1.testns.svc.cluster.local.", "A", 0xed02, Some(65535)).unwrap().bytes;
+    let cases: Vec<(&str, Vec<u8>, Outcome)> = vec![
+        ("shorter than a header", vec![0xba, 0xd0, 1, 0, 0], Outcome::Dropped),
+        ("QDCOUNT 0", header(0, 0x0100), Outcome::Rcode(1)),
+        ("QDCOUNT 1 with no question", header(1, 0x0100), Outcome::Rcode(1)),
+        (
+            "QDCOUNT 2",
+            {
+                let mut q = good.clone();
+                q[5] = 2;
+                q[..2].copy_from_slice(&[0xba, 0xd0]);
+                q
+            },
+            Outcome::Rcode(1),
+        ),
+        ("compression loop in the name", question(&[0xc0, 0x0c]), Outcome::Rcode(1)),
+        ("label of 64 bytes", question(&long_label), Outcome::Rcode(1)),
+        ("name over 255 bytes", question(&long_name), Outcome::Rcode(1)),
+        ("opcode STATUS", opcode_status, Outcome::Rcode(4)),
+        (
+            "class CHAOS",
+            {
+                let mut q = question(&[4, b't', b'e', b's', b't', 0]);
+                let n = q.len();
+                q[n - 1] = 3;
+                q
+            },
+            Outcome::Rcode(4),
+        ),
+        ("a response sent to the server", response, Outcome::Dropped),
+        ("EDNS version 1", edns_v1, Outcome::Rcode(16)),
+        ("EDNS payload 65535", edns_huge, Outcome::Rcode(0)),
+    ];
+    let mut wrong = Vec::new();
+    for (what, packet, want) in &cases {
+        let got = outcome(s.dns, packet, &good).await;
+        if got != *want {
+            wrong.push(format!("{what}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // And the server still answers normally.
+    assert_eq!(addresses(&ask(s.dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
+    s.stop().await;
+}
