@@ -347,3 +347,32 @@ async fn tcp_connection_cap_and_idle_timeout() {
     third.recv().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_query_name_or_client_address_becomes_a_metric_label() {
+    let dir = TempDir::new("labels");
+    let path = dir.write("cluster.yaml", &cluster("10.0.0.1")).to_str().unwrap().to_owned();
+    let server = support::start(&["--cluster-file", &path]).await;
+    // Served, NXDOMAIN, refused (outside the zones) and malformed, from an address nothing else uses.
+    let client: std::net::SocketAddr = "127.0.0.78:0".parse().unwrap();
+    for (i, name) in
+        ["web.ns1.svc.cluster.local.", "zzlabelprobe.ns1.svc.cluster.local.", "zzlabelprobe.example.test."]
+            .iter()
+            .enumerate()
+    {
+        let q = build(name, "A", 200 + i as u16, Some(1232)).unwrap().bytes;
+        let reply = udp_raw(server.dns, client, &q).await.unwrap();
+        assert_eq!(reply[..2], q[..2], "{name} answered");
+    }
+    let mut bad = build("zzlabelprobe.ns1.svc.cluster.local.", "A", 9, None).unwrap().bytes;
+    bad[5] = 2;
+    assert_eq!(udp_raw(server.dns, client, &bad).await.unwrap()[3] & 0x0f, 1, "FORMERR");
+    let (status, metrics) = support::http_get(server.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("coredns_dns_requests_total{"), "traffic was counted: {metrics}");
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains("zzlabelprobe"), "a query name in a metric: {line}");
+        assert!(!line.contains("127.0.0.78"), "a client address in a metric: {line}");
+    }
+    server.stop().await;
+}

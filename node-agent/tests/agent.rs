@@ -581,3 +581,38 @@ async fn malformed_input_table_gets_formerr_notimp_or_a_drop_and_the_server_keep
     assert_eq!(addresses(&ask(s.dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_query_name_or_client_address_becomes_a_metric_label() {
+    let up = FakeUpstream::start().await.unwrap();
+    let upstream = up.addr.to_string();
+    let s = start(&["--upstream", &upstream]).await;
+    // Cluster, external, NXDOMAIN and malformed traffic from an address nothing else uses.
+    let client: SocketAddr = "127.0.0.77:0".parse().unwrap();
+    for (i, name) in [
+        "svc1.testns.svc.cluster.local.",
+        "zzlabelprobe.example.test.",
+        "zzlabelprobe.testns.svc.cluster.local.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for qtype in ["A", "AAAA", "TXT"] {
+            let q = build(name, qtype, 100 + i as u16, Some(1232)).unwrap().bytes;
+            let reply = udp_raw(s.dns, client, &q).await.unwrap();
+            assert_eq!(reply[..2], q[..2], "{name} {qtype} answered");
+        }
+    }
+    let mut bad = build("zzlabelprobe.example.test.", "A", 7, None).unwrap().bytes;
+    bad[5] = 2;
+    let reply = udp_raw(s.dns, client, &bad).await.unwrap();
+    assert_eq!(reply[3] & 0x0f, 1, "FORMERR");
+    let (status, metrics) = http_get(s.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("coredns_dns_requests_total{"), "traffic was counted: {metrics}");
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains("zzlabelprobe"), "a query name in a metric: {line}");
+        assert!(!line.contains("127.0.0.77"), "a client address in a metric: {line}");
+    }
+    s.stop().await;
+}
