@@ -48,11 +48,23 @@ pub struct Outcome {
     pub started: Instant,
 }
 
-fn rcode_name(rcode: u8) -> &'static str {
-    RCODES.get(usize::from(rcode)).copied().unwrap_or("OTHER")
+/// The `rcode` label's slot: NOERROR..REFUSED by number, then OTHER, then BADVERS (16, an
+/// extended rcode the agent sends for EDNS versions above 0), as the authority labels it.
+fn rcode_index(rcode: u8) -> usize {
+    match rcode {
+        16 => OTHER + 1,
+        r => usize::from(r).min(OTHER),
+    }
 }
 
-const RCODES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+fn rcode_name(rcode: u8) -> &'static str {
+    RCODE_LABELS[rcode_index(rcode)]
+}
+
+/// The slot of rcodes without a name of their own; those below it are rcodes 0..=5 by number.
+const OTHER: usize = 6;
+const RCODE_LABELS: [&str; 8] =
+    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER", "BADVERS"];
 const TYPES: [(u16, &str); 11] = [
     (1, "A"),
     (28, "AAAA"),
@@ -108,7 +120,7 @@ fn handles() -> &'static Handles {
             })
             .collect();
         let responses =
-            RCODES.iter().chain(&["OTHER"]).map(|r| counter!("coredns_dns_responses_total", "rcode" => *r)).collect();
+            RCODE_LABELS.iter().map(|r| counter!("coredns_dns_responses_total", "rcode" => *r)).collect();
         Handles {
             requests,
             responses,
@@ -126,7 +138,7 @@ pub fn answered(o: &Outcome, key: &[u8], log: bool) {
     let proto = usize::from(o.transport == Transport::Tcp);
     let family = usize::from(!o.client.is_ipv4());
     h.requests[proto][family][type_index(o.qtype)].increment(1);
-    h.responses[usize::from(o.rcode).min(RCODES.len())].increment(1);
+    h.responses[rcode_index(o.rcode)].increment(1);
     match o.source {
         Source::CacheSuccess => h.hits_success.increment(1),
         Source::CacheDenial => h.hits_denial.increment(1),

@@ -577,6 +577,9 @@ async fn malformed_input_table_gets_formerr_notimp_or_a_drop_and_the_server_keep
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let (_, metrics) = http_get(s.admin, "/metrics").await;
+    assert!(metrics.contains("coredns_dns_responses_total{rcode=\"BADVERS\"} 1"), "{metrics}");
+    assert!(metrics.contains("coredns_dns_responses_total{rcode=\"NOTIMP\"}"), "{metrics}");
     // And the server still answers normally.
     assert_eq!(addresses(&ask(s.dns, "svc1.testns.svc.cluster.local.", "A", None).await), ["10.0.0.1"]);
     s.stop().await;
