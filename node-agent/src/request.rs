@@ -221,29 +221,22 @@ impl Resolver {
                     return Step::Answer;
                 }
             };
-            if query.edns_version != 0 {
-                wire::badvers_response(packet, &query, out);
+            // EDNS versions above ours (0) get BADVERS (RFC 6891); classes other than IN and ANY
+            // NOTIMP.
+            let refuse = if query.edns_version != 0 {
+                Some(16)
+            } else if query.qclass != 1 && query.qclass != 255 {
+                Some(4)
+            } else {
+                None
+            };
+            if let Some(rcode) = refuse {
+                wire::error_response(packet, Some(&query), rcode, out);
                 respond::answered(
                     &Outcome {
                         transport,
                         qtype: query.qtype,
-                        rcode: 16,
-                        source: Source::Error,
-                        client,
-                        started: now,
-                    },
-                    key,
-                    self.log_queries(),
-                );
-                return Step::Answer;
-            }
-            if query.qclass != 1 && query.qclass != 255 {
-                wire::error_response(packet, Some(&query), 4, out);
-                respond::answered(
-                    &Outcome {
-                        transport,
-                        qtype: query.qtype,
-                        rcode: 4,
+                        rcode,
                         source: Source::Error,
                         client,
                         started: now,

@@ -282,7 +282,8 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
 }
 
 /// Writes a minimal response to `query` with `rcode` into `out`: the header and, when it parsed,
-/// the question, plus an OPT record if the client sent one.
+/// the question, plus an OPT record if the client sent one. An extended rcode (16 = BADVERS)
+/// keeps its low 4 bits in the header and the rest in the OPT record (RFC 6891 section 6.1.3).
 pub fn error_response(packet: &[u8], query: Option<&Query>, rcode: u8, out: &mut Vec<u8>) {
     out.clear();
     let mut header = [0u8; HEADER];
@@ -295,17 +296,9 @@ pub fn error_response(packet: &[u8], query: Option<&Query>, rcode: u8, out: &mut
         out.extend_from_slice(&packet[HEADER..q.question_end]);
         if q.edns.is_some() {
             push_opt(out, q.dnssec_ok);
+            let len = out.len();
+            out[len - 6] = rcode >> 4;
         }
-    }
-}
-
-/// Writes the BADVERS answer to a query asking for an EDNS version above ours (0): header rcode 0
-/// and the OPT record's extended rcode 1 (16 = BADVERS, RFC 6891 section 6.1.3), version 0.
-pub fn badvers_response(packet: &[u8], query: &Query, out: &mut Vec<u8>) {
-    error_response(packet, Some(query), 0, out);
-    let len = out.len();
-    if query.edns.is_some() && len >= 11 {
-        out[len - 6] = 1;
     }
 }
 
