@@ -46,20 +46,7 @@ impl Authority {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let authority = Authority(child);
-        let ready = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while Instant::now() < deadline {
-                if http_status(admin, "/ready") == Some(200) {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            false
-        })
-        .await?;
-        if !ready {
-            bail!("the authority was not ready within 300 s");
-        }
+        wait_ready(admin, Duration::from_secs(300), "the authority").await?;
         Ok(authority)
     }
 
@@ -77,6 +64,26 @@ impl Drop for Authority {
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `admin`'s `/ready` every 20 ms until it answers 200 (a child process we started gives no
+/// other readiness signal), failing after `limit`.
+pub(crate) async fn wait_ready(admin: SocketAddr, limit: Duration, what: &str) -> anyhow::Result<()> {
+    let ready = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if http_status(admin, "/ready") == Some(200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    })
+    .await?;
+    if !ready {
+        bail!("{what} was not ready within {} s", limit.as_secs());
+    }
+    Ok(())
 }
 
 pub(crate) fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {

@@ -22,7 +22,7 @@ use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::kube_bench::{free_port, http_status, percentile};
+use crate::kube_bench::{free_port, percentile, wait_ready};
 
 /// The names a glibc resolver tries for `name`, in order (resolv.conf(5), `res_search`): the name
 /// as given first when it has at least `ndots` dots, then each search domain, then the name as
@@ -270,13 +270,7 @@ impl StandaloneAgent {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let agent = Self { child, listen, admin, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(admin, "/ready") != Some(200) {
-            if Instant::now() > deadline {
-                bail!("the agent was not ready within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(admin, Duration::from_secs(30), "the agent").await?;
         Ok(agent)
     }
 
