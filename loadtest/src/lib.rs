@@ -14,5 +14,6 @@
 pub mod agent_memory;
 pub mod cluster_gen;
 pub mod fanout_bench;
+pub mod generator;
 pub mod kube_bench;
 pub mod search_path;

@@ -5,6 +5,7 @@
 //! - `fanout-bench`: many simulated agents subscribed: memory and notice fan-out time;
 //! - `search-path`: a pod's ndots:5 search-path lookups through the agent, autopath off and on;
 //! - `agent-memory`: the agent's RSS holding N cached answers;
+//! - `run`: the load generator (closed/open loop, workloads, HDR latency, JSON and SVG output);
 //! - `query`: ask one question and print the answer (a dig stand-in for the README demo).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -178,6 +179,9 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// The load generator: closed or open loop, UDP or TCP, hit/miss/external/search-path
+    /// workloads; reports QPS, loss, latency percentiles and round trips per name.
+    Run(nodedns_load::generator::RunArgs),
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -250,6 +254,7 @@ fn main() -> anyhow::Result<()> {
             upstream.stop();
             anyhow::Ok(())
         })?,
+        Command::Run(args) => nodedns_load::generator::run(args)?,
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
     Ok(())
