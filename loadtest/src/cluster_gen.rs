@@ -19,14 +19,20 @@ pub struct Shape {
     pub pods: usize,
     /// Nodes the pods are spread over (`node0`, `node1`, ...).
     pub nodes: usize,
+    /// The first pod's IP; pod `i` gets `pod_base + i`.
+    pub pod_base: Ipv4Addr,
 }
+
+/// Where pod addresses start unless told otherwise.
+pub const DEFAULT_POD_BASE: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 10);
 
 fn service_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
 }
 
-fn pod_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 10)) + i as u32)
+/// Pod `i`'s address.
+pub fn pod_ip(s: &Shape, i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(s.pod_base).wrapping_add(i as u32))
 }
 
 /// The cluster's objects, as the API server would hold them (JSON).
@@ -49,7 +55,7 @@ pub fn objects(s: &Shape) -> Vec<Value> {
         }
         let endpoints: Vec<Value> = (0..s.endpoints)
             .map(|_| {
-                let ip = pod_ip(next_pod % s.pods.max(1));
+                let ip = pod_ip(s, next_pod % s.pods.max(1));
                 next_pod += 1;
                 json!({"addresses": [ip.to_string()], "conditions": {"ready": true}})
             })
@@ -64,7 +70,7 @@ pub fn objects(s: &Shape) -> Vec<Value> {
         out.push(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("pod{p}"), "namespace": ns(p)},
             "spec": {"nodeName": format!("node{}", p % s.nodes.max(1)), "containers": [{"name": "app", "image": "pause"}]},
-            "status": {"phase": "Running", "podIP": pod_ip(p).to_string(), "podIPs": [{"ip": pod_ip(p).to_string()}]}}));
+            "status": {"phase": "Running", "podIP": pod_ip(s, p).to_string(), "podIPs": [{"ip": pod_ip(s, p).to_string()}]}}));
     }
     out
 }
@@ -100,8 +106,15 @@ mod tests {
 
     #[test]
     fn generated_clusters_parse_into_the_expected_objects() {
-        let shape =
-            Shape { namespaces: 3, services: 20, headless_every: 5, endpoints: 2, pods: 30, nodes: 4 };
+        let shape = Shape {
+            namespaces: 3,
+            services: 20,
+            headless_every: 5,
+            endpoints: 2,
+            pods: 30,
+            nodes: 4,
+            pod_base: DEFAULT_POD_BASE,
+        };
         let parsed =
             nodedns_zone::file::parse_cluster(&cluster_yaml(&shape)).map_err(|e| e.to_string()).unwrap();
         let state = nodedns_zone::model::ClusterState::from_objects(parsed.objects);

@@ -71,12 +71,16 @@ struct ShapeArgs {
     /// Nodes the pods are spread over.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
+    /// The first pod's IP (pod i gets BASE+i); 127.64.0.10 puts pods on loopback so
+    /// `nodedns-load run` can send from their addresses.
+    #[arg(long, default_value_t = cluster_gen::DEFAULT_POD_BASE)]
+    pod_base: std::net::Ipv4Addr,
 }
 
 impl ShapeArgs {
     fn with_pods(&self, pods: usize) -> cluster_gen::Shape {
-        let ShapeArgs { services, namespaces, headless_every, endpoints, nodes } = *self;
-        cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods, nodes }
+        let ShapeArgs { services, namespaces, headless_every, endpoints, nodes, pod_base } = *self;
+        cluster_gen::Shape { namespaces, services, headless_every, endpoints, pods, nodes, pod_base }
     }
 }
 
