@@ -41,6 +41,19 @@ pub enum AuthorityError {
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<ResolveResponse>>>;
 
+/// Where the link to the authority stands, for a query that finds no session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Session `n` (counted from 1) is up.
+    Up(u64),
+    /// Between sessions: starting, or a session just ended and the next endpoint is being tried.
+    /// A query waits (within its timeout) for the next session instead of failing.
+    FailingOver,
+    /// Every endpoint failed since the last session: queries fail at once (and the cache serves
+    /// stale) until one connects.
+    Down,
+}
+
 /// What the agent knows from its subscription.
 #[derive(Debug, Default)]
 pub struct ClusterView {
@@ -74,6 +87,17 @@ pub struct AuthorityLink {
     connected: watch::Sender<bool>,
     /// The revision of each Subscribe message applied (a readiness signal for tests and `/ready`).
     applied: watch::Sender<u64>,
+    link: watch::Sender<Link>,
+    sessions: AtomicU64,
+}
+
+/// Takes a query's id out of `pending` however its wait ends (answer, lost session, timeout).
+struct Forget<'a>(&'a Pending, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.1);
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -108,6 +132,8 @@ impl AuthorityLink {
             revision: AtomicU64::new(0),
             connected: watch::channel(false).0,
             applied: watch::channel(0).0,
+            link: watch::channel(Link::FailingOver).0,
+            sessions: AtomicU64::new(0),
         })
     }
 
@@ -134,14 +160,71 @@ impl AuthorityLink {
         self.applied.subscribe()
     }
 
-    /// Sends a query over the Resolve stream and waits for its answer.
+    /// Where the link stands (changes as sessions start and end).
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
+    /// Sends a query over the Resolve stream and waits for its answer. A query that finds no
+    /// session, or loses its answer with a session that ends, while the agent fails over to the
+    /// next endpoint waits for the next session and is sent again there, once, within the same
+    /// timeout: failing it at once would fail every cluster miss of the failover although another
+    /// replica answers. When every endpoint is down it fails at once.
     pub async fn resolve(&self, query: &[u8], client: IpAddr, tcp: bool) -> Result<Vec<u8>, AuthorityError> {
+        let started = Instant::now();
+        let timeout = Duration::from_micros(self.timeout_us.load(Ordering::Relaxed));
+        let result = tokio::time::timeout(timeout, async {
+            let mut retried = false;
+            loop {
+                let seen = *self.link.borrow();
+                match self.exchange(query, client, tcp).await {
+                    Err(AuthorityError::Disconnected) if !retried => {
+                        retried = true;
+                        let mut link = self.link.subscribe();
+                        let next = link
+                            .wait_for(|l| match *l {
+                                Link::Up(_) => *l != seen,
+                                Link::Down => true,
+                                Link::FailingOver => false,
+                            })
+                            .await
+                            .map(|l| *l);
+                        if !matches!(next, Ok(Link::Up(_))) {
+                            return Err(AuthorityError::Disconnected);
+                        }
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        metrics::histogram!("nodedns_authority_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(r) => r?,
+            Err(_) => return Err(AuthorityError::Timeout(timeout)),
+        };
+        match ResolveStatus::try_from(response.status) {
+            Ok(ResolveStatus::Ok) => Ok(response.response),
+            Ok(ResolveStatus::Dropped) => Err(AuthorityError::Dropped),
+            _ => Err(AuthorityError::Unavailable),
+        }
+    }
+
+    /// One round trip on the current session.
+    async fn exchange(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        tcp: bool,
+    ) -> Result<ResolveResponse, AuthorityError> {
         let Some(sender) = self.sender.load_full().as_ref().clone() else {
             return Err(AuthorityError::Disconnected);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        let _forget = Forget(&self.pending, id);
         let transport = if tcp { Transport::Tcp } else { Transport::Udp };
         let request = ResolveRequest {
             id,
@@ -149,27 +232,8 @@ impl AuthorityLink {
             client_ip: ip_bytes(client),
             transport: transport as i32,
         };
-        let started = Instant::now();
-        let timeout = Duration::from_micros(self.timeout_us.load(Ordering::Relaxed));
-        let result = tokio::time::timeout(timeout, async {
-            sender.send(request).await.map_err(|_| AuthorityError::Disconnected)?;
-            rx.await.map_err(|_| AuthorityError::Disconnected)
-        })
-        .await;
-        metrics::histogram!("nodedns_authority_request_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let response = match result {
-            Ok(r) => r?,
-            Err(_) => {
-                self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-                return Err(AuthorityError::Timeout(timeout));
-            }
-        };
-        match ResolveStatus::try_from(response.status) {
-            Ok(ResolveStatus::Ok) => Ok(response.response),
-            Ok(ResolveStatus::Dropped) => Err(AuthorityError::Dropped),
-            _ => Err(AuthorityError::Unavailable),
-        }
+        sender.send(request).await.map_err(|_| AuthorityError::Disconnected)?;
+        rx.await.map_err(|_| AuthorityError::Disconnected)
     }
 
     /// Keeps a connection to one of `endpoints` until `stop`.
@@ -183,6 +247,8 @@ impl AuthorityLink {
         let mut backoff = Duration::from_millis(100);
         let mut next = 0usize;
         let mut failing_since: Option<Instant> = None;
+        // Connection attempts failed since the last session: one per endpoint means all are down.
+        let mut failed_attempts = 0usize;
         while !stop.is_cancelled() && !endpoints.is_empty() {
             let url = &endpoints[next % endpoints.len()];
             next += 1;
@@ -191,6 +257,15 @@ impl AuthorityLink {
                 () = stop.cancelled() => break,
                 outcome = self.session(url, &node, &cache) => outcome,
             };
+            if *self.connected.borrow() {
+                failed_attempts = 0;
+                self.link.send_replace(Link::FailingOver);
+            } else {
+                failed_attempts += 1;
+                if failed_attempts >= endpoints.len() {
+                    self.link.send_replace(Link::Down);
+                }
+            }
             self.disconnect();
             metrics::counter!("nodedns_authority_disconnects_total").increment(1);
             match outcome {
@@ -220,6 +295,7 @@ impl AuthorityLink {
                 failing_since = None;
             }
         }
+        self.link.send_replace(Link::Down);
         self.disconnect();
     }
 
@@ -256,6 +332,7 @@ impl AuthorityLink {
             .into_inner();
         self.sender.store(Arc::new(Some(tx)));
         self.connected.send_replace(true);
+        self.link.send_replace(Link::Up(self.sessions.fetch_add(1, Ordering::Relaxed) + 1));
         info!(authority = %url, node, resume_from, "authority connected");
         let pending = Arc::clone(&self.pending);
         let reader = async move {

@@ -117,3 +117,16 @@ pub async fn ask(server: SocketAddr, qname: &str, qtype: &str) -> anyhow::Result
     }
     Ok((msg, raw))
 }
+
+/// GET `path` from an HTTP admin listener (one request, `Connection: close`); returns the status
+/// code and the body. Bounded by [`TIMEOUT`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("admin connect timed out")??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out)).await.context("admin read timed out")??;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
