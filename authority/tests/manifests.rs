@@ -8,6 +8,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use nodedns_testsupport::manifests::{
@@ -76,6 +77,7 @@ fn typed(doc: &Value) -> Result<(), String> {
         "ServiceAccount" => strict::<ServiceAccount>(&j),
         "ClusterRole" => strict::<ClusterRole>(&j),
         "ClusterRoleBinding" => strict::<ClusterRoleBinding>(&j),
+        "NetworkPolicy" => strict::<NetworkPolicy>(&j),
         other => Err(format!("kind {other:?} is not one the manifests are expected to hold")),
     }
 }
@@ -123,6 +125,7 @@ fn every_manifest_document_parses_into_its_kubernetes_type() {
         "ConfigMap",
         "DaemonSet",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
@@ -472,4 +475,49 @@ fn kube_client_builds_without_a_cluster() {
     runtime
         .block_on(async { nodedns_authority::kube_source::client(&settings).await })
         .expect("client builds");
+}
+
+#[test]
+fn the_network_policy_limits_grpc_to_ip_blocks_and_leaves_dns_and_metrics_open() {
+    let objects = m::build_with(&m::manifests_dir(), &[m::manifests_dir().join("components/network-policy")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = find(&objects, "NetworkPolicy", "nodedns-authority").expect("the policy");
+    let deployment = find(&objects, "Deployment", "nodedns-authority").unwrap();
+    assert!(
+        selects(policy.at("/spec/podSelector/matchLabels"), deployment.at("/spec/template/metadata/labels")),
+        "the policy selects the authority's pods"
+    );
+    assert_eq!(policy.at("/spec/policyTypes").items(), [Value::Str("Ingress".into())]);
+    // Every container port is named by exactly one rule: gRPC with ipBlock peers only (agents are
+    // hostNetwork: pod selectors cannot match them), DNS and metrics with no `from` (open).
+    let container_ports: BTreeSet<(String, i64)> = deployment
+        .at("/spec/template/spec/containers/0/ports")
+        .items()
+        .iter()
+        .map(|p| (p.str_at("/protocol").to_owned(), p.at("/containerPort").as_i64().unwrap()))
+        .collect();
+    let mut covered = BTreeSet::new();
+    for rule in policy.at("/spec/ingress").items() {
+        let ports: Vec<(String, i64)> = rule
+            .at("/ports")
+            .items()
+            .iter()
+            .map(|p| (p.str_at("/protocol").to_owned(), p.at("/port").as_i64().unwrap()))
+            .collect();
+        let peers = rule.at("/from").items();
+        if ports.contains(&("TCP".to_owned(), 8053)) {
+            assert_eq!(ports.len(), 1, "gRPC has a rule of its own");
+            assert!(!peers.is_empty(), "gRPC is not open to all");
+            for peer in peers {
+                let cidr = peer.str_at("/ipBlock/cidr");
+                assert!(cidr.parse::<ipnet::IpNet>().is_ok(), "gRPC peers are ipBlocks: {peer:?}");
+            }
+        } else {
+            assert!(peers.is_empty(), "DNS and metrics stay open: {rule:?}");
+        }
+        for p in ports {
+            assert!(covered.insert(p.clone()), "{p:?} in two rules");
+        }
+    }
+    assert_eq!(covered, container_ports);
 }
