@@ -1,7 +1,6 @@
-//! nodedns-load: tools to measure nodedns and its peers. Today: a generator of synthetic clusters
-//! (with the query list that exercises them) for benchmarks of the authority, and a one-shot
-//! query command. The load generator proper (closed/open loop, workloads, HDR latency) comes with
-//! the loadtest issue.
+//! nodedns-load: tools to measure nodedns and its peers: the load generator ([`generator`], its
+//! own crate `nodedns-loadgen`), a generator of synthetic clusters, benchmarks of the authority
+//! and the agent, and a one-shot query command.
 //!
 //! - [`cluster_gen`]: synthetic cluster YAML in the shape `kubectl get -o yaml` prints, plus a dnsperf
 //!   query file over its names.
@@ -14,6 +13,6 @@
 pub mod agent_memory;
 pub mod cluster_gen;
 pub mod fanout_bench;
-pub mod generator;
+pub use nodedns_loadgen as generator;
 pub mod kube_bench;
 pub mod search_path;

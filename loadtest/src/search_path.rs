@@ -24,24 +24,11 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::kube_bench::{free_port, percentile, wait_ready};
 
-/// The names a glibc resolver tries for `name`, in order (resolv.conf(5), `res_search`): the name
-/// as given first when it has at least `ndots` dots, then each search domain, then the name as
-/// given if not tried yet. An absolute name (trailing dot) is tried alone.
+/// The names a glibc resolver tries for `name`, in order (see the generator's [`StubResolver`]).
+///
+/// [`StubResolver`]: nodedns_loadgen::workload::StubResolver
 pub fn candidates(name: &str, search: &[String], ndots: u8) -> Vec<String> {
-    if let Some(bare) = name.strip_suffix('.') {
-        return vec![format!("{bare}.")];
-    }
-    let dots = name.bytes().filter(|b| *b == b'.').count();
-    let as_is = format!("{name}.");
-    let mut out = Vec::with_capacity(search.len() + 1);
-    if dots >= usize::from(ndots) {
-        out.push(as_is.clone());
-    }
-    out.extend(search.iter().map(|s| format!("{name}.{}.", s.trim_end_matches('.'))));
-    if dots < usize::from(ndots) {
-        out.push(as_is);
-    }
-    out
+    nodedns_loadgen::workload::StubResolver::Glibc.candidates(name, search, ndots)
 }
 
 /// One name resolved the way a pod's resolver does it.

@@ -67,7 +67,7 @@ impl StubResolver {
     /// The names tried for `name`, in order.
     pub fn candidates(self, name: &str, search: &[String], ndots: u8) -> Vec<String> {
         match self {
-            StubResolver::Glibc => crate::search_path::candidates(name, search, ndots),
+            StubResolver::Glibc => glibc_candidates(name, search, ndots),
             StubResolver::Musl => {
                 let dots = name.bytes().filter(|b| *b == b'.').count();
                 if name.ends_with('.') || dots >= usize::from(ndots) {
@@ -86,6 +86,26 @@ impl StubResolver {
     pub fn continues_after(self, rcode: u8) -> bool {
         matches!((self, rcode), (_, 0 | 3) | (StubResolver::Glibc, 2))
     }
+}
+
+/// The names a glibc resolver tries for `name`, in order (resolv.conf(5), `res_search`): the name
+/// as given first when it has at least `ndots` dots, then each search domain, then the name as
+/// given if not tried yet. An absolute name (trailing dot) is tried alone.
+fn glibc_candidates(name: &str, search: &[String], ndots: u8) -> Vec<String> {
+    if let Some(bare) = name.strip_suffix('.') {
+        return vec![format!("{bare}.")];
+    }
+    let dots = name.bytes().filter(|b| *b == b'.').count();
+    let as_is = format!("{name}.");
+    let mut out = Vec::with_capacity(search.len() + 1);
+    if dots >= usize::from(ndots) {
+        out.push(as_is.clone());
+    }
+    out.extend(search.iter().map(|s| format!("{name}.{}.", s.trim_end_matches('.'))));
+    if dots < usize::from(ndots) {
+        out.push(as_is);
+    }
+    out
 }
 
 /// A simulated pod: the address it sends from and its resolv.conf search list.

@@ -13,7 +13,7 @@ use clap::Parser;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
-use nodedns_load::generator::{RunArgs, measure};
+use nodedns_loadgen::{RunArgs, measure};
 
 /// What the test server does with one question.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -84,10 +84,10 @@ fn udp_server(rule: impl Fn(&str, RecordType, u64) -> Reply + Send + Sync + 'sta
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while !st2.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                if let Some(answer) = respond(&buf[..n], &rule, &s2, from.ip()) {
-                    let _ = socket.send_to(&answer, from);
-                }
+            if let Ok((n, from)) = socket.recv_from(&mut buf)
+                && let Some(answer) = respond(&buf[..n], &rule, &s2, from.ip())
+            {
+                let _ = socket.send_to(&answer, from);
             }
         }
     });

@@ -1,4 +1,5 @@
-//! `nodedns-load run`: the DNS load generator. Closed loop (N names in flight) or open loop (a
+//! The DNS load generator behind `nodedns-load run` (a library of its own, free of Kubernetes
+//! crates, so the agent's tests can put load on it too). Closed loop (N names in flight) or open loop (a
 //! fixed rate of names per second), over UDP or TCP, always bounded by a duration and optionally a
 //! count. Workloads follow what pods send: cache hits over a name set (Zipf popularity), unique
 //! cluster misses, unique external names, and the full glibc/musl search-path sequence of a pod
@@ -10,6 +11,8 @@
 pub mod engine;
 pub mod report;
 pub mod workload;
+
+pub use report::Report;
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
@@ -23,7 +26,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use engine::{Feed, Pace, Progress, Settings, Worker, WorkerStats};
-use report::{Header, Report};
+use report::Header;
 use workload::{Kind, Mix, Pod, Popularity, Question, StubResolver, Workload};
 
 /// Flags of `nodedns-load run`.
