@@ -434,6 +434,9 @@ impl Cache {
     ) -> Option<Arc<Entry>> {
         let mut wire = response.to_vec();
         let mut layout = wire::layout(&wire)?;
+        // Bytes after the last record would sit between the records and the OPT record a hit
+        // appends, hiding it from the client's parser.
+        wire.truncate(layout.end);
         if let Some((start, end)) = layout.opt {
             wire.drain(start..end);
             let ar = u16::from_be_bytes([wire[10], wire[11]]).saturating_sub(1);

@@ -134,12 +134,20 @@ pub fn key_name(key: &[u8]) -> String {
     out
 }
 
+/// Where a compression pointer at `at` leads: only back to an earlier name after the header
+/// (RFC 1035 section 4.1.4: "a prior occurrence of the same name"). A pointer into the header
+/// would read the id and counts, which a hit rewrites, as a name; one forward could loop.
+fn pointer(msg: &[u8], at: usize) -> Option<usize> {
+    let target = usize::from(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]) & 0x3fff);
+    (HEADER..at).contains(&target).then_some(target)
+}
+
 /// Skips a possibly compressed name at `at`, returning the offset after it.
 fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *msg.get(at)?;
         match len & 0xc0 {
-            0xc0 => return Some(at + 2),
+            0xc0 => return pointer(msg, at).map(|_| at + 2),
             0 if len == 0 => return Some(at + 1),
             0 => at += 1 + usize::from(len),
             _ => return None,
@@ -183,7 +191,7 @@ pub fn read_name(msg: &[u8], mut at: usize) -> Option<String> {
                 if jumps > 64 {
                     return None;
                 }
-                at = usize::from(u16::from_be_bytes([len, *msg.get(at + 1)?]) & 0x3fff);
+                at = pointer(msg, at)?;
             }
             0 if len == 0 => break,
             0 => {
@@ -220,6 +228,8 @@ pub struct Layout {
     pub owners: Vec<String>,
     /// Where the OPT record starts, if the response has one (it is the last record we keep).
     pub opt: Option<(usize, usize)>,
+    /// Where the last record ends: bytes after it are no part of the message.
+    pub end: usize,
 }
 
 /// Walks a response. `None` if it is malformed.
@@ -242,6 +252,7 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
         answers: an,
         owners: Vec::new(),
         opt: None,
+        end: 0,
     };
     let total = usize::from(an) + usize::from(ns) + usize::from(ar);
     for i in 0..total {
@@ -267,10 +278,17 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
             }
             out.owners.push(read_name(msg, owner_at)?);
             if rtype == TYPE_CNAME {
+                // The target is the whole RDATA: a name running past it is malformed.
+                if skip_name(msg, rdata)? > end {
+                    return None;
+                }
                 out.owners.push(read_name(msg, rdata)?);
             }
             if rtype == TYPE_SOA && i >= usize::from(an) && i < usize::from(an) + usize::from(ns) {
-                // MINIMUM is the last 4 bytes of SOA RDATA.
+                // MINIMUM is the last 4 bytes of SOA RDATA, after two names (at least 22 bytes).
+                if rdlen < 22 {
+                    return None;
+                }
                 let min = msg.get(end - 4..end)?;
                 let minimum = u32::from_be_bytes([min[0], min[1], min[2], min[3]]);
                 out.negative_ttl = Some(ttl.min(minimum));
@@ -278,6 +296,8 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
         }
         at = end;
     }
+    // A question cut short is malformed too.
+    out.end = (at <= msg.len()).then_some(at)?;
     Some(out)
 }
 

@@ -218,3 +218,70 @@ fn the_sweep_drops_entries_past_their_stale_window_and_their_index_names() {
     assert_eq!(cache.evict_names(["svc1.testns.svc.cluster.local.", "svc2.testns.svc.cluster.local."]), 1);
     assert_eq!(cache.entry_count(), 0);
 }
+
+/// Found by fuzzing (`fuzz/` target `cache_hit`): bytes after the last record were stored with
+/// the answer, and the OPT record a hit appends landed after them, where no parser finds it.
+#[test]
+fn bytes_after_the_last_record_are_not_stored_so_a_hits_opt_record_parses() {
+    let index = index();
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    let (bytes, key, q) = query("svc1.testns.svc.cluster.local.", "A", 3, Some(1232));
+    let clean = answer(&index, &bytes);
+    let mut padded = clean.clone();
+    padded.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0]);
+    let entry = cache.insert(&key, &padded, t0, true).expect("cacheable");
+    let mut out = Vec::new();
+    entry.write(&bytes, &q, t0, false, true, &mut out);
+    let msg = Message::from_vec(&out).expect("the hit parses");
+    assert!(msg.edns.is_some(), "the client's OPT record is where its parser looks");
+    assert_eq!(msg.answers.len(), 1);
+    assert_eq!(out, clean, "what the authority sent, without the trailing bytes");
+}
+
+/// Found by fuzzing (`fuzz/` target `cache_hit`): a CNAME whose RDATA is shorter than its target
+/// (read from the bytes after the record) was cached, as was an SOA too short for its MINIMUM
+/// (read from the record's fixed fields). Both are malformed: not cached.
+#[test]
+fn a_cname_running_past_its_rdata_or_a_short_soa_is_not_cached() {
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    let (bytes, key, _) = query("alias.testns.svc.cluster.local.", "A", 5, None);
+    let mut cname = bytes.clone();
+    cname[2] |= 0x80;
+    cname[7] = 1; // ANCOUNT
+    // Owner: the question's name; CNAME IN, TTL 30, RDLENGTH 0; then a name outside the record.
+    cname.extend_from_slice(&[0xc0, 0x0c, 0, 5, 0, 1, 0, 0, 0, 30, 0, 0]);
+    cname.extend(wire::encode_name("svc1.testns.svc.cluster.local.").unwrap());
+    assert_eq!(wire::layout(&cname), None);
+    assert!(cache.insert(&key, &cname, t0, true).is_none());
+
+    let mut soa = bytes.clone();
+    soa[2] |= 0x80;
+    soa[3] |= 3; // NXDOMAIN
+    soa[9] = 1; // NSCOUNT
+    // Owner: the root; SOA IN, TTL 30, RDLENGTH 4 (a real SOA has two names and 20 bytes).
+    soa.extend_from_slice(&[0, 0, 6, 0, 1, 0, 0, 0, 30, 0, 4, 0, 0, 0, 5]);
+    assert_eq!(wire::layout(&soa), None);
+    assert!(cache.insert(&key, &soa, t0, true).is_none());
+}
+
+/// Found by fuzzing (`fuzz/` target `cache_hit`): an owner name compressed as a pointer into the
+/// header read the id and counts as labels, so the same entry's names changed with each client's
+/// id. Pointers must lead back to an earlier name (RFC 1035 section 4.1.4): not cached.
+#[test]
+fn a_compression_pointer_into_the_header_or_forward_is_not_cached() {
+    let cache = Cache::new(Limits::default());
+    let t0 = Instant::now();
+    let (bytes, key, _) = query("svc1.testns.svc.cluster.local.", "A", 0, None);
+    for target in [1u8, 200] {
+        let mut r = bytes.clone();
+        r[2] |= 0x80;
+        r[7] = 1; // ANCOUNT
+        // Owner: a pointer to `target`; A IN, TTL 30, 10.0.0.1.
+        r.extend_from_slice(&[0xc0, target, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 1]);
+        r.resize(r.len().max(usize::from(target) + 8), 0);
+        assert_eq!(wire::layout(&r), None, "pointer to {target}");
+        assert!(cache.insert(&key, &r, t0, true).is_none(), "pointer to {target}");
+    }
+}
