@@ -92,6 +92,11 @@ pub struct Args {
     /// Most client TCP connections at once; more are closed at accept [default: 1024].
     #[arg(long, env = "NODEDNS_TCP_MAX_CONNECTIONS", value_name = "N")]
     pub tcp_max_connections: Option<usize>,
+    /// Receive buffer of each DNS UDP socket, so a burst or a moment without CPU (a restart
+    /// beside the old instance, a noisy neighbour) queues instead of dropping; beyond the kernel's
+    /// rmem_max it is forced with CAP_NET_ADMIN; 0 keeps the kernel default [default: 4194304].
+    #[arg(long, env = "NODEDNS_UDP_RECV_BUFFER", value_name = "BYTES")]
+    pub udp_recv_buffer: Option<usize>,
     /// Server-side autopath for the node's pods: answer a pod's first search expansion with the
     /// walk of its whole search list [default: true].
     #[arg(long, env = "NODEDNS_AUTOPATH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -134,6 +139,7 @@ pub struct FileConfig {
     pub timeout: Option<f64>,
     pub tcp_idle_timeout: Option<f64>,
     pub tcp_max_connections: Option<usize>,
+    pub udp_recv_buffer: Option<usize>,
     pub autopath: Option<bool>,
     pub log_queries: Option<bool>,
     pub log_format: Option<String>,
@@ -210,6 +216,8 @@ pub struct Config {
     pub timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub tcp_max_connections: usize,
+    /// Bytes asked for each DNS UDP socket's receive buffer (0: the kernel's default).
+    pub udp_recv_buffer: usize,
     pub autopath: bool,
     pub log_queries: bool,
     pub log_format: LogFormat,
@@ -230,6 +238,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "keep-interface",
     "tcp-idle-timeout",
     "tcp-max-connections",
+    "udp-recv-buffer",
     "log-format",
     "reload-interval",
     // Its nameservers are `upstream` (live); its search domains and ndots join the pods' for
@@ -397,6 +406,10 @@ impl Config {
         if tcp_max_connections == 0 {
             return Err(invalid("tcp-max-connections", "must be at least 1"));
         }
+        let udp_recv_buffer = args.udp_recv_buffer.or(file.udp_recv_buffer).unwrap_or(4 << 20);
+        if udp_recv_buffer > 1 << 30 {
+            return Err(invalid("udp-recv-buffer", "must be at most 1 GiB"));
+        }
         let log_format = LogFormat::parse(args.log_format.as_deref().or(file.log_format.as_deref()))?;
         let admin_listen = args
             .admin_listen
@@ -441,6 +454,7 @@ impl Config {
                 args.tcp_idle_timeout.or(file.tcp_idle_timeout).unwrap_or(10.0),
             )?,
             tcp_max_connections,
+            udp_recv_buffer,
             autopath: args.autopath.or(file.autopath).unwrap_or(true),
             log_queries: args.log_queries.or(file.log_queries).unwrap_or(false),
             log_format,
@@ -486,6 +500,7 @@ impl Config {
             ("timeout", a.timeout != b.timeout),
             ("tcp-idle-timeout", a.tcp_idle_timeout != b.tcp_idle_timeout),
             ("tcp-max-connections", a.tcp_max_connections != b.tcp_max_connections),
+            ("udp-recv-buffer", a.udp_recv_buffer != b.udp_recv_buffer),
             ("autopath", a.autopath != b.autopath),
             ("log-queries", a.log_queries != b.log_queries),
             ("log-format", a.log_format != b.log_format),

@@ -81,8 +81,11 @@ fn workers() -> usize {
 
 impl Listeners {
     pub fn bind(config: &Config) -> Result<Self, BindError> {
-        let dns =
-            config.listen.iter().map(|a| DnsSockets::bind(*a, workers())).collect::<Result<Vec<_>, _>>()?;
+        let dns = config
+            .listen
+            .iter()
+            .map(|a| DnsSockets::bind(*a, workers(), config.udp_recv_buffer))
+            .collect::<Result<Vec<_>, _>>()?;
         let admin = match config.admin_listen {
             Some(addr) => Some(listener::bind_tcp(addr).map_err(|e| BindError { what: "admin", ..e })?),
             None => None,
@@ -258,6 +261,8 @@ impl Agent {
             slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
         });
         let addrs = listeners.dns_addrs();
+        let udp_recv_buffer =
+            listeners.dns.first().and_then(|d| d.udp.first()).map(listener::recv_buffer_size).unwrap_or(0);
         let admin_addr = listeners.admin_addr();
         let queries = TaskTracker::new();
         let mut udp_sockets = Vec::new();
@@ -334,6 +339,7 @@ impl Agent {
             max_negative_ttl = c.cache.max_negative_ttl,
             stale_for_s = c.cache.stale_for.as_secs(),
             timeout_s = c.timeout.as_secs_f64(),
+            udp_recv_buffer = udp_recv_buffer,
             autopath = c.autopath,
             log_queries = c.log_queries,
             reload_s = c.reload_interval.as_secs_f64(),
@@ -342,10 +348,18 @@ impl Agent {
 
         shutdown.cancelled().await;
         self.draining.cancel();
-        info!("shutting down: /ready is false, listeners close, in-flight queries finish");
+        info!("shutting down: /ready is false, listeners close, queued and in-flight queries finish");
+        // New queries go to a new instance on the same address from here on; what is queued on
+        // our sockets is still answered (the UDP threads drain before they end).
+        for socket in &udp_sockets {
+            if let Err(e) = listener::leave_reuseport_group(socket) {
+                warn!(error = %e, "could not hand the UDP socket's address over; queued queries may be lost");
+            }
+        }
         stop.cancel();
         // Wake the UDP threads blocked in recvmmsg now rather than at their receive timeout
-        // (shutting down the read side wakes a blocked reader even on an unconnected UDP socket).
+        // (shutting down the read side wakes a blocked reader even on an unconnected UDP socket;
+        // queued datagrams are still read after it).
         for socket in &udp_sockets {
             let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
         }

@@ -44,10 +44,25 @@ fn socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> std::io::Result<S
     Ok(socket)
 }
 
-pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
+/// Binds a DNS UDP socket with a receive buffer of `recv_buffer` bytes (0: the kernel default).
+pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> Result<std::net::UdpSocket, BindError> {
     let s =
         socket(addr, Type::DGRAM, Protocol::UDP).map_err(|source| BindError { what: "UDP", addr, source })?;
+    if recv_buffer > 0 {
+        // SO_RCVBUF is capped at net.core.rmem_max; SO_RCVBUFFORCE passes the cap with
+        // CAP_NET_ADMIN (the DaemonSet grants it). Either failing leaves what the kernel gave.
+        let _ = s.set_recv_buffer_size(recv_buffer);
+        if s.recv_buffer_size().unwrap_or(0) < recv_buffer {
+            let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &recv_buffer);
+        }
+    }
     Ok(s.into())
+}
+
+/// The receive buffer a UDP socket really has (the kernel reports twice what was set: half of
+/// it is bookkeeping).
+pub fn recv_buffer_size(socket: &std::net::UdpSocket) -> usize {
+    socket2::SockRef::from(socket).recv_buffer_size().unwrap_or(0)
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
@@ -67,12 +82,12 @@ pub struct DnsSockets {
 
 impl DnsSockets {
     /// Binds `addr`; with port 0 every socket shares the port the first one got.
-    pub fn bind(addr: SocketAddr, workers: usize) -> Result<Self, BindError> {
-        let first = bind_udp(addr)?;
+    pub fn bind(addr: SocketAddr, workers: usize, recv_buffer: usize) -> Result<Self, BindError> {
+        let first = bind_udp(addr, recv_buffer)?;
         let addr = first.local_addr().map_err(|source| BindError { what: "UDP", addr, source })?;
         let mut udp = vec![first];
         for _ in 1..workers.max(1) {
-            udp.push(bind_udp(addr)?);
+            udp.push(bind_udp(addr, recv_buffer)?);
         }
         let tcp = bind_tcp(addr)?;
         Ok(Self { addr, udp, tcp })
@@ -91,6 +106,17 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
         return Some(SocketAddr::V4((*v4).into()));
     }
     s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Takes a UDP socket out of its SO_REUSEPORT group without losing what it has queued, so a
+/// restart hands the address to the new instance query by query: the kernel's reuseport
+/// selection skips connected UDP sockets (Linux ≥ 5.x, `reuseport_select_sock_by_hash`), and a
+/// connected socket matches only its peer, so from here on new queries go to the other
+/// instance's sockets (or, with none, are refused as after a close) while this one still reads
+/// and answers its queue (replies name their destination, which a connected socket allows).
+/// The peer is the socket's own address, which sends it nothing.
+pub fn leave_reuseport_group(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    socket.connect(socket.local_addr()?)
 }
 
 /// How often a blocked receive wakes up to look for `stop`.
@@ -122,11 +148,19 @@ pub fn udp_batch_loop(
     // when queries arrive one at a time (50k QPS is one every 20 µs); under a burst the batch
     // is back at 32 within three calls.
     let mut want = MIN_BATCH;
-    while !stop.is_cancelled() {
+    // After `stop`, what is already queued is still answered (see `leave_reuseport_group`): the
+    // loop reads without waiting until the queue is empty, then ends.
+    let mut draining = false;
+    loop {
+        if !draining && stop.is_cancelled() {
+            draining = true;
+            want = BATCH;
+        }
+        let flags = if draining { MsgFlags::MSG_DONTWAIT } else { MsgFlags::MSG_WAITFORONE };
         let received = {
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 bufs.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
-            match recvmmsg(fd, &mut recv_headers, iovs[..want].iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+            match recvmmsg(fd, &mut recv_headers, iovs[..want].iter_mut(), flags, None) {
                 Ok(results) => {
                     let mut n = 0;
                     for (i, r) in results.enumerate() {
@@ -142,10 +176,20 @@ pub fn udp_batch_loop(
                 Err(_) => 0,
             }
         };
-        want = (received * 2).clamp(MIN_BATCH, BATCH);
+        // A read side shut down (at stop) reads as empty datagrams without a sender.
+        let queries = froms[..received].iter().filter(|f| f.is_some()).count();
+        if draining && queries == 0 {
+            break;
+        }
+        if !draining {
+            want = (received * 2).clamp(MIN_BATCH, BATCH);
+        }
         let now = Instant::now();
         tos.clear();
         for i in 0..received {
+            if froms[i].is_none() && lens[i] == 0 {
+                continue;
+            }
             let (Some(client), true) = (froms[i].as_ref().and_then(socket_addr), lens[i] > 0) else {
                 crate::respond::dropped("too_long");
                 continue;

@@ -339,8 +339,14 @@ impl<'a> Worker<'a> {
         let mut ready: Vec<(bool, bool)> = Vec::with_capacity(self.conns.len());
         loop {
             let now = Instant::now();
+            // Open loop: the window closes when every start scheduled before the end is out (a
+            // generator that fell behind catches up first); closed loop: at the end.
+            let over = match s.pace {
+                Pace::Open { rate } => start + Duration::from_secs_f64(started as f64 / rate) >= end,
+                Pace::Closed { .. } => now >= end,
+            };
             if window_end.is_none()
-                && (now >= end
+                && (over
                     || exhausted
                     || s.max_names.is_some_and(|m| started >= m)
                     || self.progress.stop.load(Ordering::Relaxed))
