@@ -119,6 +119,13 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// Wakes the query waiting for `answer` (by id); an answer nobody waits for is dropped.
+fn deliver(pending: &Pending, answer: ResolveResponse) {
+    if let Some(waiter) = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&answer.id) {
+        let _ = waiter.send(answer);
+    }
+}
+
 impl AuthorityLink {
     /// `zones`: what to route to the authority before the first snapshot (the cluster domain).
     pub fn new(timeout: Duration, zones: Vec<String>, node: ResolvConf) -> Arc<Self> {
@@ -338,13 +345,7 @@ impl AuthorityLink {
         let reader = async move {
             loop {
                 match answers.message().await {
-                    Ok(Some(answer)) => {
-                        if let Some(waiter) =
-                            pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&answer.id)
-                        {
-                            let _ = waiter.send(answer);
-                        }
-                    }
+                    Ok(Some(answer)) => deliver(&pending, answer),
                     Ok(None) => return Err("Resolve stream ended".to_owned()),
                     Err(e) => return Err(format!("Resolve stream: {}", e.message())),
                 }
@@ -368,8 +369,26 @@ impl AuthorityLink {
         }
     }
 
-    /// Applies one Subscribe message; returns true for Draining.
-    fn apply(&self, revision: u64, event: Option<Event>, cache: &Cache) -> bool {
+    /// A Resolve stream without a connection: queries go to the returned receiver, answers come
+    /// back through [`AuthorityLink::deliver`]. For fuzzing and tests that drive the request path
+    /// without sockets.
+    #[doc(hidden)]
+    pub fn attach(&self) -> mpsc::Receiver<ResolveRequest> {
+        let (tx, rx) = mpsc::channel(1024);
+        self.sender.store(Arc::new(Some(tx)));
+        self.connected.send_replace(true);
+        rx
+    }
+
+    /// Hands an answer to the query waiting for it, as the Resolve stream's reader does.
+    #[doc(hidden)]
+    pub fn deliver(&self, answer: ResolveResponse) {
+        deliver(&self.pending, answer);
+    }
+
+    /// Applies one Subscribe message; returns true for Draining. Public for fuzzing.
+    #[doc(hidden)]
+    pub fn apply(&self, revision: u64, event: Option<Event>, cache: &Cache) -> bool {
         let current = self.view.load();
         match event {
             Some(Event::Snapshot(s)) => {

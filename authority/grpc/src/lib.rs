@@ -160,7 +160,9 @@ impl Service {
         Self { store, transfer_from, shutdown }
     }
 
-    fn answer(&self, req: &ResolveRequest) -> ResolveResponse {
+    /// One Resolve request to its response (public for fuzzing).
+    #[doc(hidden)]
+    pub fn answer(&self, req: &ResolveRequest) -> ResolveResponse {
         let revision = self.store.revision();
         let status = |s: ResolveStatus| ResolveResponse {
             id: req.id,
