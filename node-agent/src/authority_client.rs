@@ -377,6 +377,8 @@ impl AuthorityLink {
         let (tx, rx) = mpsc::channel(1024);
         self.sender.store(Arc::new(Some(tx)));
         self.connected.send_replace(true);
+        // A session like `session()` opens, so a miss does not wait for one as during failover.
+        self.link.send_replace(Link::Up(self.sessions.fetch_add(1, Ordering::Relaxed) + 1));
         rx
     }
 

@@ -155,6 +155,42 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// Walks a possibly compressed name at `at` in a response being laid out for the cache, and
+/// returns the offset after it. Every label written out is recorded in `starts`, and a
+/// compression pointer must lead to one of those: the start of a label of a name walked before.
+/// A pointer into the middle of a label, a TTL or other RDATA would read bytes a hit rewrites
+/// (the question's case, TTLs) as a name, so the same cached answer would read differently.
+fn walk_name(msg: &[u8], mut at: usize, starts: &mut Vec<u16>) -> Option<usize> {
+    loop {
+        let len = *msg.get(at)?;
+        match len & 0xc0 {
+            0xc0 => {
+                let target = u16::try_from(pointer(msg, at)?).ok()?;
+                return starts.contains(&target).then_some(at + 2);
+            }
+            0 if len == 0 => return Some(at + 1),
+            0 => {
+                starts.push(u16::try_from(at).ok()?);
+                at += 1 + usize::from(len);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Where the names in the RDATA of the types that carry compressible names start (RFC 3597
+/// section 4: only the well-known types NS, CNAME, SOA, PTR, MX; SRV and DNAME are included as
+/// servers compress them in practice), as offsets from the RDATA start; SOA has two, in order.
+fn rdata_names(rtype: u16) -> &'static [usize] {
+    match rtype {
+        2 | 5 | 12 | 39 => &[0],
+        15 => &[2],
+        33 => &[6],
+        6 => &[0, usize::MAX],
+        _ => &[],
+    }
+}
+
 /// A presentation name (`a.example.` or `a.example`) in wire form, lower case as given; `None`
 /// for an empty or over-long label or a name over 255 bytes.
 pub fn encode_name(name: &str) -> Option<Vec<u8>> {
@@ -240,8 +276,9 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
     let count = |i: usize| u16::from_be_bytes([msg[i], msg[i + 1]]);
     let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
     let mut at = HEADER;
+    let mut starts = Vec::with_capacity(16);
     for _ in 0..qd {
-        at = skip_name(msg, at)? + 4;
+        at = walk_name(msg, at, &mut starts)? + 4;
     }
     let mut out = Layout {
         rcode: msg[3] & 0x0f,
@@ -258,7 +295,7 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
     for i in 0..total {
         let start = at;
         let owner_at = at;
-        at = skip_name(msg, at)?;
+        at = walk_name(msg, at, &mut starts)?;
         let fixed = msg.get(at..at + 10)?;
         let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
@@ -267,6 +304,16 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
         let end = rdata.checked_add(rdlen)?;
         if end > msg.len() {
             return None;
+        }
+        // Names in RDATA are walked like owners: later names may point into them, and they
+        // must not run past their RDATA.
+        let mut name_at = rdata;
+        for &offset in rdata_names(rtype) {
+            let from = if offset == usize::MAX { name_at } else { rdata + offset };
+            name_at = walk_name(msg, from, &mut starts)?;
+            if name_at > end {
+                return None;
+            }
         }
         if rtype == TYPE_OPT {
             out.opt = Some((start, end));
@@ -347,6 +394,32 @@ pub fn truncate(out: &mut Vec<u8>, query: &Query) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pointer_must_lead_to_the_start_of_an_earlier_label() {
+        // Question: a 3-byte label holding 01 'A' 00, then the root: offset 13 reads as "A.".
+        let mut msg = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        msg.extend_from_slice(&[3, 1, b'A', 0, 0, 0, 1, 0, 1]);
+        let answer = |owner: [u8; 2]| {
+            let mut m = msg.clone();
+            m.extend_from_slice(&owner);
+            m.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+            m
+        };
+        assert!(super::layout(&answer([0xc0, 12])).is_some(), "a pointer to the question's label");
+        assert_eq!(super::layout(&answer([0xc0, 13])), None, "a pointer into the middle of a label");
+        // An MX whose exchange points at the owner's first label, then a record pointing into the
+        // exchange: both lead to label starts.
+        let mut mx = msg.clone();
+        mx[7] = 2;
+        mx.extend_from_slice(&[0xc0, 12, 0, 15, 0, 1, 0, 0, 0, 60, 0, 7, 0, 10, 2, b'm', b'x', 0xc0, 12]);
+        mx.extend_from_slice(&[0xc0, 35, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        assert!(super::layout(&mx).is_some());
+        // A pointer at a TTL instead.
+        let last = mx.len() - 16;
+        mx[last + 1] = 27;
+        assert_eq!(super::layout(&mx), None);
+    }
+
     use super::*;
 
     fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
