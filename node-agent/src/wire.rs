@@ -316,6 +316,11 @@ pub fn layout(msg: &[u8]) -> Option<Layout> {
             }
         }
         if rtype == TYPE_OPT {
+            // One OPT at most, in the additional section (RFC 6891 section 6.1.1): a second one
+            // would stay in the stored answer when the first is stripped.
+            if out.opt.is_some() || i < usize::from(an) + usize::from(ns) {
+                return None;
+            }
             out.opt = Some((start, end));
         } else {
             out.ttl_offsets.push(u16::try_from(at + 4).ok()?);
@@ -394,6 +399,24 @@ pub fn truncate(out: &mut Vec<u8>, query: &Query) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_opt_record_outside_the_additional_section_or_a_second_one_is_malformed() {
+        let mut msg = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
+        msg.extend_from_slice(&[1, b'a', 0, 0, 1, 0, 1]);
+        let a = [0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1];
+        let opt = [0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0];
+        let with = |records: &[&[u8]]| {
+            let mut m = msg.clone();
+            records.iter().for_each(|r| m.extend_from_slice(r));
+            m
+        };
+        assert!(super::layout(&with(&[&a, &opt])).is_some_and(|l| l.opt.is_some()));
+        assert_eq!(super::layout(&with(&[&opt, &a])), None, "OPT as the answer");
+        let mut two = with(&[&a, &opt, &opt]);
+        two[11] = 2;
+        assert_eq!(super::layout(&two), None, "two OPT records");
+    }
+
     #[test]
     fn a_pointer_must_lead_to_the_start_of_an_earlier_label() {
         // Question: a 3-byte label holding 01 'A' 00, then the root: offset 13 reads as "A.".
