@@ -8,16 +8,22 @@
 //!   events on request, and an in-stream `ERROR` 410 (`Expired`) when the version is older than
 //!   the compacted history, as the real API server answers;
 //! - controls for tests: apply/delete objects, compact history, drop every open watch, go down
-//!   (503 everywhere), fail the next N requests, and counters of the requests and watches served.
+//!   (503 everywhere), fail the next N requests, and counters of the requests and watches served;
+//! - [`Stats`]: what the server holds and has sent (TCP connections, open watches, list and watch
+//!   bytes per kind, socket bytes), read in-process with [`FakeApi::stats`] or over HTTP at
+//!   `GET /kubesim/stats`, so scale runs can count the API load a set of clients puts on a server.
 //!
 //! Objects are kept as JSON values; anything the real server would fill in (`resourceVersion`,
 //! `uid`) is filled in here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,6 +32,8 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
 /// The kinds served, with their API path and whether they are namespaced.
@@ -63,6 +71,10 @@ impl Kind {
             Kind::EndpointSlice => "endpointslices",
             Kind::Pod => "pods",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 
     fn from_name(name: &str) -> Option<Kind> {
@@ -111,6 +123,185 @@ struct Inner {
     /// Open watch streams; a watch channel so tests can wait for a count.
     open_watches: watch::Sender<usize>,
     bytes_sent: AtomicU64,
+    counters: Counters,
+}
+
+/// Counters behind [`Stats`]; per-kind arrays are indexed by [`Kind::index`].
+#[derive(Default)]
+struct Counters {
+    connections_open: AtomicUsize,
+    connections_total: AtomicU64,
+    socket_bytes: AtomicU64,
+    list_bytes: [AtomicU64; 4],
+    watch_bytes: [AtomicU64; 4],
+    watch_events: [AtomicU64; 4],
+}
+
+/// A figure per kind, indexed in [`Kind::ALL`] order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerKind(pub [u64; 4]);
+
+impl PerKind {
+    pub fn get(&self, kind: Kind) -> u64 {
+        self.0[kind.index()]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn load(counters: &[AtomicU64; 4]) -> PerKind {
+        PerKind(std::array::from_fn(|i| counters[i].load(Ordering::Relaxed)))
+    }
+
+    fn minus(&self, earlier: &PerKind) -> PerKind {
+        PerKind(std::array::from_fn(|i| self.0[i].saturating_sub(earlier.0[i])))
+    }
+
+    fn to_json(self) -> Value {
+        Kind::ALL.into_iter().map(|k| (k.name().to_owned(), json!(self.get(k)))).collect()
+    }
+}
+
+/// A snapshot of what the server holds and has sent since it started. Totals only grow; take two
+/// snapshots and [`Stats::since`] for the load of a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TCP connections open now. Over plain HTTP/1.1 (how `kube` talks to this server) every
+    /// concurrent watch holds a connection of its own; a real API server over HTTP/2 would carry a
+    /// client's watches on one connection, so [`Stats::watches_open`] is the comparable figure.
+    pub connections_open: usize,
+    pub connections_total: u64,
+    /// Bytes written to client sockets: bodies plus HTTP headers and chunk framing.
+    pub socket_bytes: u64,
+    pub list_requests: u64,
+    /// List response bodies.
+    pub list_bytes: PerKind,
+    pub watch_requests: u64,
+    /// Watch streams open now.
+    pub watches_open: usize,
+    /// Watch stream bodies: events, bookmarks and errors.
+    pub watch_bytes: PerKind,
+    /// Lines sent on watch streams (events, bookmarks, errors).
+    pub watch_events: PerKind,
+}
+
+impl Stats {
+    /// The load between `earlier` and this snapshot: totals as differences, open counts as now.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            connections_open: self.connections_open,
+            connections_total: self.connections_total.saturating_sub(earlier.connections_total),
+            socket_bytes: self.socket_bytes.saturating_sub(earlier.socket_bytes),
+            list_requests: self.list_requests.saturating_sub(earlier.list_requests),
+            list_bytes: self.list_bytes.minus(&earlier.list_bytes),
+            watch_requests: self.watch_requests.saturating_sub(earlier.watch_requests),
+            watches_open: self.watches_open,
+            watch_bytes: self.watch_bytes.minus(&earlier.watch_bytes),
+            watch_events: self.watch_events.minus(&earlier.watch_events),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "socket_bytes": self.socket_bytes,
+            "list_requests": self.list_requests,
+            "list_bytes": self.list_bytes.to_json(),
+            "watch_requests": self.watch_requests,
+            "watches_open": self.watches_open,
+            "watch_bytes": self.watch_bytes.to_json(),
+            "watch_events": self.watch_events.to_json(),
+        })
+    }
+}
+
+/// Accepts TCP connections and wraps each so its bytes written and its lifetime are counted.
+struct CountingListener {
+    listener: TcpListener,
+    inner: Arc<Inner>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountingStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CountingStream, SocketAddr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        let counters = &self.inner.counters;
+        counters.connections_open.fetch_add(1, Ordering::SeqCst);
+        counters.connections_total.fetch_add(1, Ordering::SeqCst);
+        (CountingStream { stream, inner: Arc::clone(&self.inner) }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A server-side connection; dropping it (when hyper is done with the connection) counts it closed.
+struct CountingStream {
+    stream: TcpStream,
+    inner: Arc<Inner>,
+}
+
+impl Drop for CountingStream {
+    fn drop(&mut self) {
+        self.inner.counters.connections_open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CountingStream {
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.inner.counters.socket_bytes.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// A running fake API server. Cloning gives another handle to the same server.
@@ -127,7 +318,7 @@ fn lock(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
 impl FakeApi {
     /// Starts a server on an ephemeral loopback port; it runs until the runtime ends.
     pub async fn start() -> std::io::Result<FakeApi> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             store: Mutex::new(Store::default()),
@@ -140,8 +331,10 @@ impl FakeApi {
             watch_requests: 0.into(),
             open_watches: watch::channel(0).0,
             bytes_sent: 0.into(),
+            counters: Counters::default(),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&inner));
+        let listener = CountingListener { listener, inner: Arc::clone(&inner) };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "fake API server stopped");
@@ -298,6 +491,43 @@ impl FakeApi {
     pub fn bytes_sent(&self) -> u64 {
         self.inner.bytes_sent.load(Ordering::SeqCst)
     }
+
+    /// What the server holds and has sent so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// Polls [`FakeApi::stats`] every 10 ms until `done` holds; false if it does not within `limit`.
+    /// (Connections close when the client's socket does, which no event of ours announces.)
+    pub async fn wait_stats(&self, limit: Duration, done: impl Fn(&Stats) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if done(&self.stats()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Inner {
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            connections_open: c.connections_open.load(Ordering::SeqCst),
+            connections_total: c.connections_total.load(Ordering::SeqCst),
+            socket_bytes: c.socket_bytes.load(Ordering::Relaxed),
+            list_requests: self.list_requests.load(Ordering::SeqCst) as u64,
+            list_bytes: PerKind::load(&c.list_bytes),
+            watch_requests: self.watch_requests.load(Ordering::SeqCst) as u64,
+            watches_open: *self.open_watches.borrow(),
+            watch_bytes: PerKind::load(&c.watch_bytes),
+            watch_events: PerKind::load(&c.watch_events),
+        }
+    }
 }
 
 fn labels_of(object: &Value) -> BTreeMap<String, String> {
@@ -387,6 +617,10 @@ async fn handle(
     if inner.down.load(Ordering::SeqCst) {
         return status(503, "ServiceUnavailable", "the fake API server is down");
     }
+    if uri.path() == "/kubesim/stats" {
+        let body = inner.stats().to_json().to_string();
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let Some((kind, namespace)) = route(&uri) else {
         return status(404, "NotFound", &format!("no resource at {}", uri.path()));
     };
@@ -443,14 +677,17 @@ fn list(
         (true, Some((_, ns, name))) => format!("{ns}/{name}"),
         _ => String::new(),
     };
-    let body = json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.name()),
-        "metadata": {"resourceVersion": store.rv.to_string(), "continue": cont},
-        "items": page,
-    })
-    .to_string();
+    // The items are written straight from the store: building a `Value` of the page first would
+    // deep-copy every object, and scale runs list the whole cluster once per simulated node.
+    let items = serde_json::to_string(&page).unwrap_or_else(|_| "[]".to_owned());
+    let metadata = json!({"resourceVersion": store.rv.to_string(), "continue": cont});
+    let body = format!(
+        "{{\"apiVersion\":\"{}\",\"kind\":\"{}List\",\"metadata\":{metadata},\"items\":{items}}}",
+        kind.api_version(),
+        kind.name()
+    );
     inner.bytes_sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+    inner.counters.list_bytes[kind.index()].fetch_add(body.len() as u64, Ordering::Relaxed);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -490,7 +727,10 @@ fn watch(
         let inner = task_inner;
         inner.open_watches.send_modify(|n| *n += 1);
         let send = |bytes: Bytes| {
-            inner.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let len = bytes.len() as u64;
+            inner.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            inner.counters.watch_bytes[kind.index()].fetch_add(len, Ordering::Relaxed);
+            inner.counters.watch_events[kind.index()].fetch_add(1, Ordering::Relaxed);
             tx.send(Ok(bytes))
         };
         'stream: {
@@ -515,6 +755,9 @@ fn watch(
                     biased;
                     _ = dropped.changed() => break,
                     _ = &mut deadline => break,
+                    // The client went away (hyper dropped the body): the watch is over now, not
+                    // at the next event it would fail to take, so open-watch counts are current.
+                    _ = tx.closed() => break,
                     b = bookmark_requests.recv() => {
                         if b.is_err() || !bookmarks_allowed { continue; }
                         let rv = lock(&inner.store).rv.max(last);

@@ -133,3 +133,36 @@ async fn watches_stream_events_bookmarks_and_410() {
     assert!(api.wait_open_watches(0, Duration::from_secs(5)).await);
     assert_eq!(api.watch_requests(), 2);
 }
+
+#[tokio::test]
+async fn stats_count_connections_watches_and_bytes() {
+    let api = FakeApi::start().await.unwrap();
+    api.apply(svc("a", json!({})));
+    assert_eq!(api.stats(), nodedns_kubesim::Stats::default());
+
+    let mut w = Watch::open(&api, "resourceVersion=0").await;
+    assert_eq!(w.next("ADDED").await["object"]["metadata"]["name"], "a");
+    let open = api.stats();
+    assert_eq!((open.connections_open, open.connections_total), (1, 1));
+    assert_eq!((open.watches_open, open.watch_requests), (1, 1));
+    assert_eq!(open.watch_events.get(Kind::Service), 1);
+    assert!(open.watch_bytes.get(Kind::Service) > 0);
+    assert_eq!(open.watch_bytes.get(Kind::Pod), 0);
+    // What reached the socket holds the event plus the HTTP head and chunk framing.
+    assert!(open.socket_bytes > open.watch_bytes.total());
+
+    // The client hangs up: the watch and its connection are counted closed.
+    drop(w);
+    assert!(api.wait_stats(Duration::from_secs(5), |s| s.connections_open == 0 && s.watches_open == 0).await);
+
+    get(&api, "/api/v1/services").await;
+    let listed = api.stats().since(&open);
+    assert_eq!((listed.list_requests, listed.watch_requests, listed.connections_total), (1, 0, 1));
+    assert!(listed.list_bytes.get(Kind::Service) > 0);
+    assert_eq!(listed.list_bytes.get(Kind::Pod), 0);
+
+    // The same counters over HTTP, for runs that hold no handle to the server.
+    let served = get(&api, "/kubesim/stats").await;
+    assert_eq!(served["list_requests"], 1);
+    assert_eq!(served["watch_events"]["Service"], 1);
+}
