@@ -2,6 +2,8 @@
 //! server with a generated cluster, starts a `nodedns-authority` binary against it, opens one
 //! Subscribe stream per simulated agent (each on its own HTTP/2 connection, as real agents are),
 //! then makes Service changes in the API and times how long each takes to reach every agent.
+//! Each of `runs` runs starts afresh (API server, authority, agents); the summary gives the median
+//! with min and max of the runs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,12 +18,29 @@ use tokio::sync::mpsc;
 
 use crate::cluster_gen::{self, Shape};
 use crate::kube_bench::{Authority, cpu_seconds, free_port, percentile, rss};
+use crate::watch_scale::{Spread, raise_nofile_limit};
 
 pub struct Options {
     pub shape: Shape,
     pub authority: PathBuf,
     pub agents: usize,
     pub changes: usize,
+    pub runs: usize,
+}
+
+/// The figures of one run.
+struct Sample {
+    subscribe_s: f64,
+    rss_before: f64,
+    rss_subscribed: f64,
+    all_p50: f64,
+    all_p99: f64,
+    all_max: f64,
+    delivery_p50: f64,
+    delivery_p99: f64,
+    cpu_ms_per_change: f64,
+    rss_after: f64,
+    rss_peak: f64,
 }
 
 /// One agent saw change `k`.
@@ -61,6 +80,53 @@ async fn agent(url: String, node: String, seen: mpsc::UnboundedSender<Seen>) -> 
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    // One connection per agent in this process and one in the authority (which inherits the
+    // limit), plus the API server's and a margin.
+    let fds = raise_nofile_limit();
+    let needed = opts.agents as u64 + 256;
+    if fds < needed {
+        bail!(
+            "open-file limit {fds} is below the {needed} that {} agents need (raise the hard limit)",
+            opts.agents
+        );
+    }
+    let mut samples = Vec::with_capacity(opts.runs);
+    for run in 1..=opts.runs {
+        println!("run {run} of {}:", opts.runs);
+        samples.push(run_once(&opts).await.with_context(|| format!("run {run}"))?);
+    }
+    let spread = |f: &dyn Fn(&Sample) -> f64| Spread::of(samples.iter().map(f));
+    let per_agent = |s: &Sample| (s.rss_subscribed - s.rss_before) * 1024.0 / opts.agents.max(1) as f64;
+    println!();
+    println!(
+        "{} agents, {} changes per run; median [min–max] of {} runs:",
+        opts.agents, opts.changes, opts.runs
+    );
+    println!();
+    println!("| figure | {} agents |", opts.agents);
+    println!("|---|---|");
+    println!("| all agents subscribed (snapshots read), s | {} |", spread(&|s| s.subscribe_s).show(2));
+    println!("| authority RSS before agents, MiB | {} |", spread(&|s| s.rss_before).show(1));
+    println!("| authority RSS with all subscribed, MiB | {} |", spread(&|s| s.rss_subscribed).show(1));
+    println!("| authority RSS per agent, KiB | {} |", spread(&per_agent).show(0));
+    println!("| one Service change reaches all agents, p50 ms | {} |", spread(&|s| s.all_p50).show(1));
+    println!("| same, p99 ms | {} |", spread(&|s| s.all_p99).show(1));
+    println!("| same, max ms | {} |", spread(&|s| s.all_max).show(1));
+    println!("| per-agent delivery, p50 ms | {} |", spread(&|s| s.delivery_p50).show(1));
+    println!("| per-agent delivery, p99 ms | {} |", spread(&|s| s.delivery_p99).show(1));
+    println!("| authority CPU per change fanned out, ms | {} |", spread(&|s| s.cpu_ms_per_change).show(1));
+    println!(
+        "| authority RSS after the changes (peak), MiB | {} ({}) |",
+        spread(&|s| s.rss_after).show(1),
+        spread(&|s| s.rss_peak).show(1)
+    );
+    Ok(())
+}
+
+async fn run_once(opts: &Options) -> anyhow::Result<Sample> {
     let api = FakeApi::start().await?;
     let objects = cluster_gen::objects(&opts.shape);
     let count = objects.len();
@@ -149,24 +215,37 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let cpu = cpu_seconds(pid) - cpu0;
     all_reached.sort_by(f64::total_cmp);
     deliveries.sort_by(f64::total_cmp);
+    let sample = Sample {
+        subscribe_s,
+        rss_before,
+        rss_subscribed,
+        all_p50: percentile(&all_reached, 0.5),
+        all_p99: percentile(&all_reached, 0.99),
+        all_max: all_reached.last().copied().unwrap_or(0.0),
+        delivery_p50: percentile(&deliveries, 0.5),
+        delivery_p99: percentile(&deliveries, 0.99),
+        cpu_ms_per_change: cpu * 1e3 / opts.changes.max(1) as f64,
+        rss_after: 0.0,
+        rss_peak: 0.0,
+    };
     println!(
         "one Service change to all {} agents, {} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         opts.agents,
         all_reached.len(),
-        percentile(&all_reached, 0.5),
-        percentile(&all_reached, 0.99),
-        all_reached.last().copied().unwrap_or(0.0)
+        sample.all_p50,
+        sample.all_p99,
+        sample.all_max
     );
     println!(
         "per-agent delivery, {} notices: p50 {:.1} ms, p99 {:.1} ms; authority CPU {:.1} ms per change",
         deliveries.len(),
-        percentile(&deliveries, 0.5),
-        percentile(&deliveries, 0.99),
-        cpu * 1e3 / opts.changes.max(1) as f64
+        sample.delivery_p50,
+        sample.delivery_p99,
+        sample.cpu_ms_per_change
     );
     let (rss_after, rss_peak) = rss(pid);
     println!("authority RSS after the changes {rss_after:.1} MiB (peak {rss_peak:.1} MiB)");
     drop(authority);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(Sample { rss_after, rss_peak, ..sample })
 }

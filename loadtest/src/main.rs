@@ -3,6 +3,7 @@
 //! - `zone-memory`: build the zone index of a cluster file and report its heap size;
 //! - `kube-bench`: the authority against the fake API server: sync, memory, change latency;
 //! - `fanout-bench`: many simulated agents subscribed: memory and notice fan-out time;
+//! - `watch-scale`: API watch streams and bytes/s as nodes grow, nodedns vs per-node CoreDNS;
 //! - `search-path`: a pod's ndots:5 search-path lookups through the agent, autopath off and on;
 //! - `agent-memory`: the agent's RSS holding N cached answers;
 //! - `run`: the load generator (closed/open loop, workloads, HDR latency, JSON and SVG output);
@@ -84,6 +85,35 @@ impl ShapeArgs {
     }
 }
 
+/// Flags of `watch-scale`, boxed in [`Command`] to keep the enum small.
+#[derive(clap::Args)]
+struct WatchScaleArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Running pods (every simulated node lists them all at start; see bench-scale.sh).
+    #[arg(long, default_value_t = 1_000)]
+    pods: usize,
+    /// Node counts for the per-node CoreDNS rows (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,250,500")]
+    node_counts: Vec<usize>,
+    /// Authority replica counts for the nodedns rows (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    replicas: Vec<usize>,
+    /// Pod replacements per second (7 API events each).
+    #[arg(long, default_value_t = 10.0)]
+    replacements_per_s: f64,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Set-ups not started within this many seconds are skipped.
+    #[arg(long, default_value_t = 1200)]
+    time_limit: u64,
+    #[arg(long, default_value = "target/release/nodedns-authority")]
+    authority: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a synthetic cluster (YAML) and a dnsperf query file over its names.
@@ -148,7 +178,14 @@ enum Command {
         changes: usize,
         #[arg(long, default_value = "target/release/nodedns-authority")]
         authority: PathBuf,
+        /// Runs, each from a fresh start; the summary is their median, min and max.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
+    /// Count the Kubernetes API load (watch streams, list bytes, watch bytes/s under a fixed rate
+    /// of pod churn) of nodedns's authority replicas and of a per-node CoreDNS with `pods
+    /// verified` at growing node counts, against the fake API server.
+    WatchScale(Box<WatchScaleArgs>),
     /// Resolve names as a pod with ndots:5 does (each search suffix in turn, A and AAAA) through
     /// the agent binary in standalone mode, with autopath off and then on, and report client
     /// round trips, queries and latency per name.
@@ -227,7 +264,7 @@ fn main() -> anyhow::Result<()> {
                 churn_rate,
             }))?;
         }
-        Command::FanoutBench { shape, pods, agents, changes, authority } => {
+        Command::FanoutBench { shape, pods, agents, changes, authority, runs } => {
             let shape = shape.with_pods(pods);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(nodedns_load::fanout_bench::run(nodedns_load::fanout_bench::Options {
@@ -235,7 +272,33 @@ fn main() -> anyhow::Result<()> {
                 authority,
                 agents,
                 changes,
+                runs,
             }))?;
+        }
+        Command::WatchScale(args) => {
+            let WatchScaleArgs {
+                shape,
+                pods,
+                node_counts,
+                replicas,
+                replacements_per_s,
+                window,
+                runs,
+                time_limit,
+                authority,
+            } = *args;
+            let opts = nodedns_load::watch_scale::Options {
+                shape: shape.with_pods(pods),
+                authority,
+                nodes: node_counts,
+                replicas,
+                replacements_per_s,
+                window: std::time::Duration::try_from_secs_f64(window).context("--window")?,
+                runs,
+                time_limit: std::time::Duration::from_secs(time_limit),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(nodedns_load::watch_scale::run(opts))?;
         }
         Command::SearchPath { agent, names, upstream_delay_ms, json } => {
             let opts = nodedns_load::search_path::Options {
