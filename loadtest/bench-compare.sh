@@ -27,6 +27,7 @@ PEERBENCH=$(cd "${PEERBENCH:-../shared/peerbench}" && pwd)
 RUNDIR=${RUNDIR:-/dev/shm/nodedns-compare}
 DUR=${DUR:-10}
 REPS=${REPS:-3}
+ZONE_TTL=${ZONE_TTL:-3600}
 SERVERS=${SERVERS:-nodedns,unbound-1t,dnsdist-1l,kresd-1}
 WORKLOADS=${WORKLOADS:-hit-max,hit-rate,cluster-miss,external,search-path}
 RATE=${RATE:-20000}
@@ -86,7 +87,9 @@ $T/nodedns-load gen-cluster --services 1000 --namespaces 10 --pods 5000 --nodes 
 # the same records for knot; the zone's NS target ns.dns.cluster.local has no address in the file
 # (the authority answers it with its own listen address), and knot warns "missing glue record"
 # without one: give it knot's
-$T/nodedns-load zone-file "$RUNDIR/cluster.yaml" --out "$RUNDIR/knot/cluster.local.zone"
+# ZONE_TTL (default 3600): the agent keeps cluster answers until a change notice, so the peers
+# get records they may keep for the whole run too, and hit runs measure hits on every server
+$T/nodedns-load zone-file "$RUNDIR/cluster.yaml" --out "$RUNDIR/knot/cluster.local.zone" --ttl "$ZONE_TTL"
 grep -q '^ns\.dns\.cluster\.local\. [0-9]* IN A ' "$RUNDIR/knot/cluster.local.zone" \
   || echo "ns.dns.cluster.local. 5 IN A 127.0.0.2" >> "$RUNDIR/knot/cluster.local.zone"
 # example.test (www0..99, *.rnd) from peerbench's generator; its cluster.local zone is not used
@@ -102,7 +105,7 @@ records=$(grep -c . "$RUNDIR/knot/cluster.local.zone")
 
 host="$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r), $(( $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1048576 )) GiB"
 versions="nodedns $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- node-agent authority common proto loadtest/src || echo '+uncommitted') | unbound $(unbound -V | sed -n 's/^Version //p') | dnsdist $(dnsdist --version | head -1 | awk '{print $2}') | kresd $(kresd -V | awk '{print $NF}') | knotd $(knotd -V | awk '{print $NF}')"
-cluster="nodedns-load gen-cluster --services 1000 --namespaces 10 --pods 5000 --nodes $NODES --pod-base 127.64.0.10 ($records records in knot's cluster.local zone, TTL 5 s = the authority's default; the agent keeps cluster answers until they change, the peers re-ask knot after 5 s) + example.test from peerbench's gen.py; search-path from $NODE's $(( 5000 / NODES )) pods"
+cluster="nodedns-load gen-cluster --services 1000 --namespaces 10 --pods 5000 --nodes $NODES --pod-base 127.64.0.10 ($records records in knot's cluster.local zone, TTL $ZONE_TTL s for the peers; the agent keeps cluster answers until they change) + example.test from peerbench's gen.py; search-path from $NODE's $(( 5000 / NODES )) pods"
 
 echo "== measuring: SERVERS=$SERVERS WORKLOADS=$WORKLOADS DUR=${DUR}s REPS=$REPS RATE=$RATE (hard limit ${LIMIT}s)"
 mkdir -p "$OUT"

@@ -142,6 +142,10 @@ enum Command {
         cluster_file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// TTL of the records (the authority's default is 5 s; a peer in a hit benchmark should
+        /// keep its answers as long as the agent keeps cluster answers, until they change).
+        #[arg(long, default_value_t = 5)]
+        ttl: u32,
     },
     /// Run the authority binary against the fake API server with a generated cluster and measure
     /// initial sync, memory and the time from an API change to the answer.
@@ -222,7 +226,7 @@ enum Command {
     },
     /// The load generator: closed or open loop, UDP or TCP, hit/miss/external/search-path
     /// workloads; reports QPS, loss, latency percentiles and round trips per name.
-    Run(nodedns_load::generator::RunArgs),
+    Run(Box<nodedns_load::generator::RunArgs>),
     /// Ask SERVER one question and print the answer.
     Query {
         /// Server address, e.g. 127.0.0.1:5353.
@@ -253,7 +257,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {} ({services} services in {namespaces} namespaces, {pods} pods)", out.display());
         }
         Command::ZoneMemory { cluster_file, pods } => zone_memory(&cluster_file, &pods)?,
-        Command::ZoneFile { cluster_file, out } => zone_file(&cluster_file, &out)?,
+        Command::ZoneFile { cluster_file, out, ttl } => zone_file(&cluster_file, &out, ttl)?,
         Command::KubeBench { shape, pods, changes, authority, churn_rate } => {
             let shape = shape.with_pods(pods);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -321,7 +325,7 @@ fn main() -> anyhow::Result<()> {
             upstream.stop();
             anyhow::Ok(())
         })?,
-        Command::Run(args) => nodedns_load::generator::run(args)?,
+        Command::Run(args) => nodedns_load::generator::run(*args)?,
         Command::Query { server, name, qtype, tcp, timeout } => query(server, &name, &qtype, tcp, timeout)?,
     }
     Ok(())
@@ -356,12 +360,12 @@ fn zone_memory(path: &PathBuf, pods: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn zone_file(path: &PathBuf, out: &PathBuf) -> anyhow::Result<()> {
+fn zone_file(path: &PathBuf, out: &PathBuf, ttl: u32) -> anyhow::Result<()> {
     use std::io::Write;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let state =
         nodedns_zone::model::ClusterState::from_objects(nodedns_zone::file::parse_cluster(&text)?.objects);
-    let config = nodedns_zone::ZoneConfig::default();
+    let config = nodedns_zone::ZoneConfig { ttl, ..Default::default() };
     let index = nodedns_zone::ZoneIndex::build(&state, &config, 1);
     let records = index.transfer(&config.cluster_domain).context("the cluster zone is missing")?;
     let mut w = std::io::BufWriter::new(
