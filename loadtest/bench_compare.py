@@ -598,11 +598,36 @@ def main():
     t = sub.add_parser("table")
     t.add_argument("dir")
     t.add_argument("--title")
+    t.add_argument("--into", help="replace the text between the bench-compare markers of this file "
+                   "(BENCHMARKS.md) with the tables, headings one level down, instead of printing them")
     a = ap.parse_args()
     if a.cmd == "run":
         run(a)
+    elif a.into:
+        into(a.into, table(a.dir, a.title))
     else:
         print(table(a.dir, a.title))
+
+
+BEGIN = "<!-- bench-compare:begin (written by loadtest/bench_compare.py table --into) -->"
+END = "<!-- bench-compare:end -->"
+
+
+def into(path, text):
+    """Puts `text` between the markers in `path`, its headings demoted by two levels (the
+    file's section is a `##`), so re-running the benchmark replaces the previous tables."""
+    doc = open(path).read()
+    if BEGIN not in doc or END not in doc:
+        sys.exit(f"{path}: the markers are missing; add these two lines where the tables go:\n{BEGIN}\n{END}")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            line = "##" + line
+        lines.append(line)
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    open(path, "w").write(head + BEGIN + "\n" + "\n".join(lines).strip() + "\n" + END + tail)
+    log(f"wrote the tables into {path}")
 
 
 if __name__ == "__main__":

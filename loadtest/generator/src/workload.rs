@@ -284,9 +284,13 @@ pub struct Workload {
 
 impl Workload {
     /// Source sockets a worker opens: `plain_sources` unbound-address ones, then one per pod.
+    /// Pods' sockets only when pods send: every socket is polled on every wake-up, and a hundred
+    /// idle ones would cost the generator more than the server's answer.
     pub fn sources(&self) -> Vec<Option<IpAddr>> {
         let mut v: Vec<Option<IpAddr>> = vec![None; self.plain_sources.max(1)];
-        v.extend(self.pods.iter().map(|p| Some(p.ip)));
+        if self.mix.includes(Kind::SearchPath) {
+            v.extend(self.pods.iter().map(|p| Some(p.ip)));
+        }
         v
     }
 
