@@ -360,7 +360,7 @@ impl<'a> Worker<'a> {
                     Pace::Closed { outstanding } => {
                         while self.live < outstanding && s.max_names.is_none_or(|m| started < m) {
                             match feed.next(started)? {
-                                Some(op) => self.start(op, now)?,
+                                Some(op) => self.start(op, now),
                                 None => {
                                     exhausted = true;
                                     break;
@@ -378,7 +378,7 @@ impl<'a> Worker<'a> {
                         match feed.next(started)? {
                             Some(op) => {
                                 self.stats.max_lag = self.stats.max_lag.max(now - due);
-                                self.start(op, due)?;
+                                self.start(op, due);
                             }
                             None => {
                                 exhausted = true;
@@ -419,7 +419,7 @@ impl<'a> Worker<'a> {
                     self.flush(i);
                 }
                 if readable {
-                    self.receive(i)?;
+                    self.receive(i);
                 }
             }
         }
@@ -464,7 +464,7 @@ impl<'a> Worker<'a> {
         self.reported = now;
     }
 
-    fn start(&mut self, op: Op, started: Instant) -> anyhow::Result<()> {
+    fn start(&mut self, op: Op, started: Instant) {
         self.stats.kinds[op.kind.index()].started += 1;
         let idx = match self.free_ops.pop() {
             Some(i) => i,
@@ -476,17 +476,17 @@ impl<'a> Worker<'a> {
         self.ops[idx as usize] =
             Some(LiveOp { op, started, round: 0, pending: 0, found: false, stop: false });
         self.live += 1;
-        self.send_round(idx, started)
+        self.send_round(idx, started);
     }
 
     /// Sends the questions of the operation's current round; ends it when there are none.
-    fn send_round(&mut self, idx: u32, due: Instant) -> anyhow::Result<()> {
-        let Some(live) = self.ops[idx as usize].as_ref() else { return Ok(()) };
+    fn send_round(&mut self, idx: u32, due: Instant) {
+        let Some(live) = self.ops[idx as usize].as_ref() else { return };
         let conn = live.op.source;
         let questions: [Option<(Arc<[u8]>, u16)>; 2] = match live.op.round(live.round) {
             None => {
                 self.finish(idx);
-                return Ok(());
+                return;
             }
             Some(RoundQuestions::One(q)) => [Some((q.qname.clone(), q.qtype)), None],
             Some(RoundQuestions::Pair(name)) => {
@@ -501,7 +501,6 @@ impl<'a> Worker<'a> {
         for (name, qtype) in questions.into_iter().flatten() {
             self.send(idx, conn, &name, qtype, due);
         }
-        Ok(())
     }
 
     fn send(&mut self, op: u32, conn: usize, name: &[u8], qtype: u16, due: Instant) {
@@ -585,30 +584,29 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn receive(&mut self, i: usize) -> anyhow::Result<()> {
+    fn receive(&mut self, i: usize) {
         let mut buf = std::mem::take(&mut self.recv);
-        let result = self.receive_into(i, &mut buf);
+        self.receive_into(i, &mut buf);
         self.recv = buf;
-        result
     }
 
-    fn receive_into(&mut self, i: usize, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn receive_into(&mut self, i: usize, buf: &mut [u8]) {
         loop {
             match &mut self.conns[i] {
                 Conn::Udp(s) => match s.recv(buf) {
                     Ok(n) => self.answer(i, &buf[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     // ICMP port unreachable and the like: the query times out and counts as lost.
                     Err(_) => {
                         self.stats.send_errors += 1;
-                        return Ok(());
+                        return;
                     }
                 },
                 Conn::Tcp(t) => match t.stream.read(buf) {
                     Ok(0) => {
                         self.reconnect(i);
-                        return Ok(());
+                        return;
                     }
                     Ok(n) => {
                         t.input.extend_from_slice(&buf[..n]);
@@ -627,11 +625,11 @@ impl<'a> Worker<'a> {
                             t.input = input;
                         }
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => {
                         self.reconnect(i);
-                        return Ok(());
+                        return;
                     }
                 },
             }
@@ -692,11 +690,8 @@ impl<'a> Worker<'a> {
             self.finish(idx);
         } else {
             live.round += 1;
-            let now = Instant::now();
-            // A next round only fails when sending does; the op then ends unresolved.
-            if self.send_round(idx, now).is_err() {
-                self.finish(idx);
-            }
+            // A query that cannot be sent settles as lost, which ends the op unresolved.
+            self.send_round(idx, Instant::now());
         }
     }
 
