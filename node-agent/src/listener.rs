@@ -177,8 +177,7 @@ pub fn udp_batch_loop(
             }
         };
         // A read side shut down (at stop) reads as empty datagrams without a sender.
-        let queries = froms[..received].iter().filter(|f| f.is_some()).count();
-        if draining && queries == 0 {
+        if draining && froms[..received].iter().all(Option::is_none) {
             break;
         }
         if !draining {
