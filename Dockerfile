@@ -8,6 +8,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# The commit label of the nodedns_build_info metric: docker build --build-arg NODEDNS_COMMIT=$(git rev-parse --short HEAD) .
+ARG NODEDNS_COMMIT=unknown
+ENV NODEDNS_COMMIT=${NODEDNS_COMMIT}
 RUN cargo build --release --locked --bin nodedns-agent --bin nodedns-authority
 
 FROM debian:bookworm-slim

@@ -1,14 +1,19 @@
 //! DNS over UDP and TCP: binding the sockets, the receive loops, and the one `respond` place that
 //! sends, counts and logs every answer. Everything between bytes in and bytes out is
-//! [`nodedns_zone::serve`].
+//! [`nodedns_zone::serve`], and, for names outside the zones and ExternalName aliases leading
+//! out of them, [`crate::forward`].
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use nodedns_agent::respond::ResponseFlags;
+use nodedns_agent::rewrite::{self, Rewrites};
+use nodedns_agent::wire as agent_wire;
 use nodedns_grpc::TransferAcl;
 use nodedns_zone::{ClusterStore, Context, Served, Transport, serve};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::forward::{Forwarding, Plan};
 use crate::metrics::{self, DnsMetrics};
 
 /// A socket that could not be bound, named by transport and address.
@@ -111,6 +117,18 @@ pub struct Shared {
     pub log_queries: AtomicBool,
     pub tcp_idle_timeout: Duration,
     pub tcp_slots: Arc<Semaphore>,
+    /// Names outside the zones (`--upstream`): routes swapped by a config reload.
+    pub forwarding: Arc<Forwarding>,
+    /// Forwarded UDP queries wait here, off the receive loop (shutdown waits for them).
+    pub tasks: TaskTracker,
+    /// Whether answers come round-robin (not `--no-rotate`); swapped by a config reload.
+    pub rotate: AtomicBool,
+    /// Answers turned so far: each turns its RRsets one step on from the last.
+    pub turns: AtomicU32,
+    /// `--rewrite` rules, swapped by a config reload; `rewriting` says whether there are any, so
+    /// a query pays one relaxed load without them.
+    pub rewriting: AtomicBool,
+    pub rewrites: ArcSwap<Rewrites>,
 }
 
 impl Shared {
@@ -123,7 +141,107 @@ impl Shared {
         let index = self.store.index();
         let transfer_from = self.transfer_from.load();
         let ctx = Context { transport, client: peer.ip(), transfer_from: &transfer_from, describe: log };
-        serve(&index, bytes, &ctx)
+        let mut served = serve(&index, bytes, &ctx);
+        // Round-robin A, AAAA, MX and SRV RRsets (CoreDNS `loadbalance`); a zone transfer's
+        // several messages are the zone, not an answer.
+        if let [msg] = served.messages.as_mut_slice()
+            && self.rotate.load(Ordering::Relaxed)
+        {
+            nodedns_zone::rotate::rotate(msg, self.turns.fetch_add(1, Ordering::Relaxed));
+        }
+        served
+    }
+
+    /// The rules from now on (a config reload).
+    pub fn set_rewrites(&self, rewrites: Rewrites) {
+        self.rewriting.store(!rewrites.is_empty(), Ordering::Relaxed);
+        self.rewrites.store(Arc::new(rewrites));
+    }
+
+    /// The name a `--rewrite` rule resolves instead of the one `packet` asks, if any (never for
+    /// a zone transfer: the zone's records keep their names).
+    fn rewrite_target(&self, packet: &[u8]) -> Option<String> {
+        if !self.rewriting.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut key = Vec::new();
+        let query = agent_wire::parse_query(packet, &mut key).ok()?;
+        if matches!(query.qtype, 251 | 252) {
+            return None;
+        }
+        self.rewrites.load().target(&agent_wire::key_name(&key))
+    }
+
+    /// A query a `--rewrite` rule matched, answered as the query for `target` would be (the
+    /// zones, then forwarding), under the asked name ([`rewrite::answer_as_asked`]). An answer
+    /// that cannot be turned back is SERVFAIL.
+    async fn rewritten(
+        &self,
+        packet: &[u8],
+        target: &str,
+        transport: Transport,
+        peer: SocketAddr,
+        log: bool,
+    ) -> Served {
+        let mut key = Vec::new();
+        let Ok(query) = agent_wire::parse_query(packet, &mut key) else {
+            return self.answer(packet, transport, peer, log);
+        };
+        let Some(tpacket) = nodedns_agent::autopath::candidate_query(
+            packet,
+            query.question_end,
+            query.qtype,
+            query.qclass,
+            target,
+        ) else {
+            return self.answer(packet, transport, peer, log);
+        };
+        let mut served = self.answer(&tpacket, transport, peer, log);
+        if let Some(plan) = self.plan(&served) {
+            served = self.forwarding.complete(plan, &tpacket, served, transport, peer).await;
+        }
+        let limit = match transport {
+            Transport::Udp => query.udp_limit().min(usize::from(nodedns_zone::handler::EDNS_PAYLOAD)),
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        let back = match served.messages.as_slice() {
+            [msg] => rewrite::answer_as_asked(msg, packet, target, limit),
+            _ => None,
+        };
+        let out = back.unwrap_or_else(|| {
+            let mut out = Vec::new();
+            agent_wire::error_response(packet, Some(&query), 2, &mut out);
+            out
+        });
+        served.rcode = out.get(3).map(|b| ResponseCode::from_low(b & 0x0f));
+        served.truncated = out.get(2).is_some_and(|b| b & 0x02 != 0);
+        served.messages = vec![out];
+        served.qname = Name::from_ascii(agent_wire::key_name(&key)).ok();
+        served.asked.size = packet.len();
+        served
+    }
+
+    /// What forwarding does with this answer (usually nothing).
+    fn plan(&self, served: &Served) -> Option<Plan> {
+        self.forwarding.plan(served, &self.store)
+    }
+
+    /// Counts, sends and logs one UDP answer.
+    async fn reply_udp(
+        &self,
+        socket: &UdpSocket,
+        served: &Served,
+        peer: SocketAddr,
+        started: Instant,
+        log: bool,
+    ) {
+        self.count(served, Transport::Udp, peer, started);
+        for msg in &served.messages {
+            if let Err(e) = socket.send_to(msg, peer).await {
+                debug!(client = %peer, error = %e, "UDP send failed");
+            }
+        }
+        self.log(log, served, Transport::Udp, peer, started);
     }
 
     /// Counts one handled packet. Called before the reply is sent, so a client that has its
@@ -137,6 +255,7 @@ impl Shared {
         self.metrics.request(transport, peer.is_ipv6(), served.qtype);
         if let Some(rcode) = served.rcode {
             self.metrics.response(rcode, transport, started.elapsed(), served.truncated);
+            self.log_error(rcode, served, peer);
         }
         if matches!(served.qtype, Some(RecordType::AXFR | RecordType::IXFR)) {
             let sent = served.rcode == Some(ResponseCode::NoError);
@@ -146,18 +265,51 @@ impl Shared {
         }
     }
 
-    /// The optional per-query log line, written after the reply is on its way.
+    /// The rate-limited line of an error answer a client sees (SERVFAIL, FORMERR, NOTIMP,
+    /// BADVERS): name, type, client and cause. REFUSED is policy (a name outside the zones, a
+    /// transfer not allowed), not an error, and is only counted.
+    fn log_error(&self, rcode: ResponseCode, served: &Served, peer: SocketAddr) {
+        let cause = match rcode {
+            ResponseCode::ServFail if !self.store.index().is_complete() => "no complete cluster loaded yet",
+            ResponseCode::ServFail => "forwarding failed or the answer could not be encoded",
+            ResponseCode::FormErr => "malformed query",
+            ResponseCode::NotImp => "opcode not implemented",
+            ResponseCode::BADVERS => "EDNS version above 0",
+            _ => return,
+        };
+        nodedns_common::client_error!(
+            client = %peer,
+            name = %served.qname.as_ref().map(ToString::to_string).unwrap_or_default(),
+            qtype = %served.qtype.map(|t| t.to_string()).unwrap_or_default(),
+            rcode = metrics::rcode_name(rcode),
+            cause,
+            "error answer sent"
+        );
+    }
+
+    /// The optional per-query log line, written after the reply is on its way: the fields of
+    /// CoreDNS's `log` plugin (`{remote}:{port} {>id} {type} {class} {name} {proto} {size} {>do}
+    /// {>bufsize} {rcode} {>rflags} {rsize} {duration}`), so `--log-format json` has them as keys.
     fn log(&self, log: bool, served: &Served, transport: Transport, peer: SocketAddr, started: Instant) {
         if !log || served.dropped.is_some() {
             return;
         }
+        let first = served.messages.first().map_or(&[][..], Vec::as_slice);
+        let header = |i: usize| first.get(i).copied().unwrap_or(0);
+        let a = &served.asked;
         info!(
             client = %peer,
-            proto = transport.as_str(),
+            id = u16::from_be_bytes([header(0), header(1)]),
             qtype = %served.qtype.map(|t| t.to_string()).unwrap_or_default(),
-            qname = %served.qname.as_ref().map(ToString::to_string).unwrap_or_default(),
-            rcode = %served.rcode.map(|r| r.to_string()).unwrap_or_default(),
-            size = served.messages.iter().map(Vec::len).sum::<usize>(),
+            qclass = %DNSClass::from(a.qclass),
+            name = %served.qname.as_ref().map(ToString::to_string).unwrap_or_default(),
+            proto = transport.as_str(),
+            size = a.size,
+            dnssec_ok = a.dnssec_ok,
+            bufsize = a.bufsize,
+            rcode = served.rcode.map_or("", metrics::rcode_name),
+            rflags = %ResponseFlags(header(2), header(3)),
+            rsize = served.messages.iter().map(Vec::len).sum::<usize>(),
             truncated = served.truncated,
             duration_us = started.elapsed().as_micros() as u64,
             "query"
@@ -183,14 +335,29 @@ pub async fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancell
         };
         let started = Instant::now();
         let log = shared.log_queries();
-        let served = shared.answer(&buf[..len], Transport::Udp, peer, log);
-        shared.count(&served, Transport::Udp, peer, started);
-        for msg in &served.messages {
-            if let Err(e) = socket.send_to(msg, peer).await {
-                debug!(client = %peer, error = %e, "UDP send failed");
-            }
+        if let Some(target) = shared.rewrite_target(&buf[..len]) {
+            let (socket, task_shared, packet) =
+                (Arc::clone(&socket), Arc::clone(&shared), buf[..len].to_vec());
+            shared.tasks.spawn(async move {
+                let shared = task_shared;
+                let served = shared.rewritten(&packet, &target, Transport::Udp, peer, log).await;
+                shared.reply_udp(&socket, &served, peer, started, log).await;
+            });
+            continue;
         }
-        shared.log(log, &served, Transport::Udp, peer, started);
+        let served = shared.answer(&buf[..len], Transport::Udp, peer, log);
+        if let Some(plan) = shared.plan(&served) {
+            // Forwarding waits on another server: in a task, so this loop goes on answering.
+            let (socket, task_shared, packet) =
+                (Arc::clone(&socket), Arc::clone(&shared), buf[..len].to_vec());
+            shared.tasks.spawn(async move {
+                let shared = task_shared;
+                let served = shared.forwarding.complete(plan, &packet, served, Transport::Udp, peer).await;
+                shared.reply_udp(&socket, &served, peer, started, log).await;
+            });
+            continue;
+        }
+        shared.reply_udp(&socket, &served, peer, started, log).await;
     }
 }
 
@@ -260,7 +427,19 @@ async fn tcp_connection(
         };
         let started = Instant::now();
         let log = shared.log_queries();
-        let served = shared.answer(&buf[..n], Transport::Tcp, peer, log);
+        // In line: a connection's answers go out in order.
+        let served = match shared.rewrite_target(&buf[..n]) {
+            Some(target) => shared.rewritten(&buf[..n], &target, Transport::Tcp, peer, log).await,
+            None => {
+                let served = shared.answer(&buf[..n], Transport::Tcp, peer, log);
+                match shared.plan(&served) {
+                    Some(plan) => {
+                        shared.forwarding.complete(plan, &buf[..n], served, Transport::Tcp, peer).await
+                    }
+                    None => served,
+                }
+            }
+        };
         shared.count(&served, Transport::Tcp, peer, started);
         for msg in &served.messages {
             let Ok(len) = u16::try_from(msg.len()) else {

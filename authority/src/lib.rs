@@ -9,10 +9,14 @@
 //!   `nodedns_zone::file_source`);
 //! - [`dns`]: sockets, the UDP and TCP loops, and the place that counts and logs each answer
 //!   (the bytes-to-bytes work is `nodedns_zone::serve`);
+//! - [`forward`]: names outside the zones (`--upstream`) and ExternalName targets, through the
+//!   node agent's resolver;
 //! - [`grpc`]: the `nodedns.v1.Authority` service for node agents (Resolve, Subscribe), from
 //!   the `nodedns-grpc` crate;
 //! - [`admin`]: `/health`, `/ready`, `/metrics`;
-//! - [`metrics`]: metric names and pre-registered handles.
+//! - [`metrics`]: metric names and pre-registered handles;
+//! - [`migrate`]: the `migrate` subcommand, a CoreDNS Corefile and kube-dns ConfigMap read into
+//!   nodedns settings.
 //!
 //! `main.rs` only parses flags, sets up logging and calls [`Authority::run`]; tests call it with
 //! sockets bound to port 0.
@@ -20,8 +24,10 @@
 pub mod admin;
 pub mod config;
 pub mod dns;
+pub mod forward;
 pub mod kube_source;
 pub mod metrics;
+pub mod migrate;
 pub mod reload;
 
 /// The agents' gRPC service (a kube-free crate, so the agent's standalone mode shares it).
@@ -29,11 +35,12 @@ pub use nodedns_grpc as grpc;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use nodedns_common::reload::{Reloads, Snapshot};
+use nodedns_common::tls::ReloadingServerConfig;
 use nodedns_zone::file_source::{FileSource, SourceError};
 use nodedns_zone::{ClusterStore, ZoneKind};
 use tokio::sync::Semaphore;
@@ -56,6 +63,10 @@ pub enum AuthorityError {
     Bind(#[from] BindError),
     #[error("admin listener: {0}")]
     Admin(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] nodedns_common::tls::TlsError),
 }
 
 /// Every socket the authority serves, bound before it starts so errors surface at once and tests
@@ -105,6 +116,10 @@ impl Authority {
         // Before anything records a metric: earlier values would go to the no-op recorder.
         metrics::prometheus();
         let store = ClusterStore::new(config.zone.clone());
+        if let Some(custom) = &config.custom_records {
+            // Kept for the first complete cluster's index.
+            store.set_custom(Arc::clone(&custom.records));
+        }
         Self { config, store, draining: CancellationToken::new(), reload: None, reloads: Reloads::new() }
     }
 
@@ -112,7 +127,7 @@ impl Authority {
     /// changes and on [`Reloads::request`] (SIGHUP), applying what can change live. Call right
     /// after resolving: the file is read now, so any later change is seen.
     pub fn reload_from(mut self, args: Args) -> Self {
-        let since = Snapshot::take(&reload::files(&args));
+        let since = Snapshot::take(&reload::files(&args, &self.config));
         self.reload = Some((args, since));
         self
     }
@@ -158,6 +173,11 @@ impl Authority {
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> Result<(), AuthorityError> {
+        // Forwarding to an address we listen on would loop: checked against the addresses as
+        // bound too (the configured ones were checked with the configuration).
+        let mut listen = self.config.dns_listen.clone();
+        listen.extend(listeners.dns.addrs());
+        self.config.check_loops(&listen)?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         match self.load()? {
@@ -176,7 +196,16 @@ impl Authority {
             log_queries: AtomicBool::new(self.config.log_queries),
             tcp_idle_timeout: self.config.tcp_idle_timeout,
             tcp_slots: Arc::new(Semaphore::new(self.config.tcp_max_connections)),
+            forwarding: Arc::new(forward::Forwarding::new(&self.config)),
+            tasks: tracker.clone(),
+            rotate: AtomicBool::new(!self.config.no_rotate),
+            turns: AtomicU32::new(0),
+            rewriting: AtomicBool::new(!self.config.rewrites.is_empty()),
+            rewrites: ArcSwap::from_pointee(self.config.rewrites.clone()),
         });
+        // Forwarded answers turn as the zones' do (or not, with --no-rotate).
+        shared.forwarding.resolver.set_rotate(!self.config.no_rotate);
+        tracker.spawn(Arc::clone(&shared.forwarding).maintain(stop.clone()));
         self.serve(listeners, &shared, &tracker, &stop)?;
         if let Some((args, since)) = self.reload.take() {
             let mut reloader = Reloader {
@@ -185,6 +214,7 @@ impl Authority {
                 last: self.config.clone(),
                 store: Arc::clone(&self.store),
                 shared,
+                listen,
             };
             let (reloads, stop, interval) = (self.reloads.clone(), stop.clone(), self.config.reload_interval);
             tracker
@@ -273,9 +303,14 @@ impl Authority {
             };
             let service =
                 grpc::Service::new(Arc::clone(&self.store), Arc::clone(&shared.transfer_from), shutdown);
+            // Read again here (checked at config time too): the files may have changed since.
+            let tls = match &self.config.grpc_tls {
+                Some(files) => Some(Arc::new(ReloadingServerConfig::new(files.clone())?)),
+                None => None,
+            };
             let stop = stop.clone();
             tracker.spawn(async move {
-                if let Err(e) = grpc::serve_grpc(listener, service, stop).await {
+                if let Err(e) = grpc::serve_grpc_with(listener, service, tls, stop).await {
                     error!(error = %e, "gRPC listener failed");
                 }
             });
@@ -301,11 +336,20 @@ impl Authority {
         let index = self.store.index();
         let reverse: Vec<String> =
             index.zones().filter(|(_, k)| *k == ZoneKind::Reverse).map(|(n, _)| n.to_string()).collect();
+        let custom = &self.config.custom_records;
+        let custom_zones: Vec<String> =
+            custom.iter().flat_map(|c| c.records.zones()).map(|z| z.apex.to_string()).collect();
         info!(
             version = env!("CARGO_PKG_VERSION"),
             dns = ?listeners.dns.addrs(),
             admin = ?listeners.admin_addr(),
             grpc = ?listeners.grpc_addr(),
+            rewrites = ?self.config.rewrites.rules().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            grpc_tls = match &self.config.grpc_tls {
+                None => "off (plain text)",
+                Some(t) if t.client_ca.is_some() => "mutual (agents' certificates required)",
+                Some(_) => "server only (any client)",
+            },
             source,
             namespaces = ?self.config.kube.namespaces,
             label_selector = ?self.config.kube.label_selector,
@@ -314,8 +358,16 @@ impl Authority {
             ttl = z.ttl,
             wildcards = z.wildcards,
             reverse_zones = ?reverse,
+            custom_records = ?custom.as_ref().map(|c| c.path.display().to_string()),
+            custom_zones = ?custom_zones,
             reverse_cidrs = ?z.reverse_cidrs.as_ref().map(|c| c.iter().map(ToString::to_string).collect::<Vec<_>>()),
             transfer_from = ?self.config.transfer_from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            rotate = !self.config.no_rotate,
+            upstreams = ?self.config.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            upstream_source = %self.config.upstream_source,
+            stub_domains = ?self.config.stub_domains.iter().map(|s| format!("{}={:?}", s.zone, s.servers)).collect::<Vec<_>>(),
+            cache_bytes = self.config.cache_bytes,
+            timeout_s = self.config.timeout.as_secs_f64(),
             "nodedns-authority serving"
         );
     }

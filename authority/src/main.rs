@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use nodedns_authority::config::{Args, Config};
+use nodedns_authority::migrate::{self, MigrateCli, MigrateCommand};
 use nodedns_authority::{Authority, Listeners};
 use nodedns_common::process::{parse_args, reload_on_sighup, shutdown_on_signals};
 use nodedns_common::telemetry::init_logging;
@@ -16,6 +17,19 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
+    // `migrate` is a one-shot tool beside the server, parsed on its own so the server's flags
+    // stay as they are.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "migrate") {
+        let MigrateCli { command: MigrateCommand::Migrate(args) } = parse_args("nodedns-authority");
+        if args.corefile.is_none() && args.kube_dns_configmap.is_none() {
+            eprintln!(
+                "nodedns-authority: error: migrate needs --corefile FILE or --kube-dns-configmap FILE (see --help)"
+            );
+            std::process::exit(2);
+        }
+        print!("{}", migrate::run(&args)?);
+        return Ok(());
+    }
     let args: Args = parse_args("nodedns-authority");
     let config = Config::resolve(&args).context("invalid configuration")?;
     init_logging(config.log_format);

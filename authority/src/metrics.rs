@@ -65,6 +65,12 @@ const RCODES: [(ResponseCode, &str); 7] = [
     (ResponseCode::BADVERS, "BADVERS"),
 ];
 
+/// The CoreDNS name of a response code (`NOERROR`, `SERVFAIL`), as the `rcode` label and the
+/// query log spell it; `OTHER` for the rest.
+pub fn rcode_name(rcode: ResponseCode) -> &'static str {
+    RCODES.iter().find(|r| r.0 == rcode).map_or("OTHER", |r| r.1)
+}
+
 /// Pre-registered per-query handles.
 pub struct DnsMetrics {
     /// `[transport][family][type or "other"]`.

@@ -66,4 +66,26 @@ fn bad_flags_files_and_ports_exit_non_zero_naming_the_cause() {
 
     let (code, _) = authority(&["--cluster-file", &fixture(), "--check-config"]);
     assert_eq!(code, 0);
+
+    // gRPC TLS: a missing half of the pair, and a file that is not PEM, name their flag.
+    let ca = nodedns_testsupport::tls::TestCa::new(&dir, "cli");
+    let server = ca.server("authority", &["localhost"]);
+    let (cert, key) = (server.cert.to_str().unwrap(), server.key.to_str().unwrap());
+    let garbage = dir.write("garbage.pem", "not PEM\n");
+    let fixture = fixture();
+    for (flags, names) in [
+        (vec!["--tls-cert", cert], "tls-key: "),
+        (vec!["--tls-client-ca", ca.cert.to_str().unwrap()], "tls-client-ca: "),
+        (vec!["--tls-cert", garbage.to_str().unwrap(), "--tls-key", key], "tls-cert: "),
+        (vec!["--tls-cert", cert, "--tls-key", cert], "tls-key: "),
+    ] {
+        let mut args = vec!["--cluster-file", &fixture, "--check-config"];
+        args.extend(flags.iter().copied());
+        let (code, err) = authority(&args);
+        assert_eq!(code, 1, "{flags:?}: {err}");
+        assert!(err.contains(names), "{flags:?}: {err}");
+    }
+    let (code, err) =
+        authority(&["--cluster-file", &fixture, "--check-config", "--tls-cert", cert, "--tls-key", key]);
+    assert_eq!(code, 0, "{err}");
 }

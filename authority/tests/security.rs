@@ -71,3 +71,60 @@ async fn zone_transfer_refused_outside_the_configured_cidrs_also_when_asked_thro
     assert_eq!(rcodes[&2], ResponseCode::NoError, "a pod inside them");
     s.stop().await;
 }
+
+/// One Resolve over gRPC to `url` with `tls`; `Ok` when the authority answered it.
+async fn resolve_over(url: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<(), String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let query = build("web.ns1.svc.cluster.local.", "A", 5, None).unwrap().bytes;
+    let request =
+        ResolveRequest { id: 1, query, client_ip: vec![127, 0, 0, 1], transport: Transport::Udp as i32 };
+    let mut answers = AuthorityClient::new(channel)
+        .resolve(tokio_stream::iter([request]))
+        .await
+        .map_err(|e| format!("Resolve: {e}"))?
+        .into_inner();
+    match answers.message().await {
+        Ok(Some(r)) if r.status == ResolveStatus::Ok as i32 => Ok(()),
+        other => Err(format!("no answer: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_flags_grpc_serves_only_agents_holding_a_certificate_from_the_client_ca() {
+    use nodedns_testsupport::tls::TestCa;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let dir = TempDir::new("authority-mtls");
+    let ca = TestCa::new(&dir, "cluster");
+    let server = ca.server("authority", &["nodedns-authority.kube-system.svc"]);
+    let agent = ca.client("agent", "node-a");
+    let cluster = dir.write("cluster.yaml", CLUSTER);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let s = support::start(&[
+        "--cluster-file",
+        &path(&cluster),
+        "--tls-cert",
+        &path(&server.cert),
+        "--tls-key",
+        &path(&server.key),
+        "--tls-client-ca",
+        &path(&ca.cert),
+    ])
+    .await;
+    let tls = |identity: bool| {
+        let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pem(&ca.cert)))
+            .domain_name("nodedns-authority.kube-system.svc");
+        if identity { tls.identity(Identity::from_pem(pem(&agent.cert), pem(&agent.key))) } else { tls }
+    };
+    let url = format!("https://{}", s.grpc);
+    resolve_over(url.clone(), Some(tls(true))).await.expect("an agent with its certificate is answered");
+    assert!(resolve_over(url, Some(tls(false))).await.is_err(), "answered a client without a certificate");
+    assert!(resolve_over(format!("http://{}", s.grpc), None).await.is_err(), "answered a plain-text client");
+    s.stop().await;
+}

@@ -376,3 +376,36 @@ async fn no_query_name_or_client_address_becomes_a_metric_label() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn endpoint_pod_names_over_dns_by_flag_and_by_reload() {
+    use nodedns_common::reload::Applied;
+    let cluster = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: ns1}\nspec: {clusterIP: None}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: pg-1, namespace: ns1, labels: {kubernetes.io/service-name: pg}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.2.0.1], targetRef: {kind: Pod, name: pg-7d9f8-abcde, namespace: ns1}}\n";
+    let dir = TempDir::new("endpoint-pod-names");
+    let cluster_path = dir.write("cluster.yaml", cluster).to_str().unwrap().to_owned();
+    let config_path = dir.write("authority.yaml", "").to_str().unwrap().to_owned();
+    let (by_pod, by_ip) = ("pg-7d9f8-abcde.pg.ns1.svc.cluster.local.", "10-2-0-1.pg.ns1.svc.cluster.local.");
+
+    let flagged = support::start(&["--cluster-file", &cluster_path, "--endpoint-pod-names"]).await;
+    assert_eq!(a_records(&ask(flagged.dns, by_pod, "A").await.unwrap().0), ["10.2.0.1"]);
+    let (nx, _) = ask(flagged.dns, by_ip, "A").await.unwrap();
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    flagged.stop().await;
+
+    let server = support::start(&[
+        "--cluster-file",
+        &cluster_path,
+        "--config",
+        &config_path,
+        "--reload-interval",
+        "0.05",
+    ])
+    .await;
+    assert_eq!(a_records(&ask(server.dns, by_ip, "A").await.unwrap().0), ["10.2.0.1"], "off by default");
+    let mut status = server.reloads.status();
+    server.after_change(|| dir.write("authority.yaml", "endpoint-pod-names: true\n")).await;
+    support::reloaded(&mut status, "the new file is applied", |s| s.applied == 1).await;
+    assert_eq!(status.borrow().last, Applied { changed: vec!["endpoint-pod-names"], restart: vec![] });
+    assert_eq!(a_records(&ask(server.dns, by_pod, "A").await.unwrap().0), ["10.2.0.1"], "applied live");
+    server.stop().await;
+}

@@ -104,8 +104,29 @@ pub fn prometheus(describe: fn()) -> &'static PrometheusHandle {
         // this handle renders an empty registry, which only tests can observe.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        crate::error_log::describe_metrics();
+        build_info();
         handle
     })
+}
+
+/// The build's version, compiler and commit (`NODEDNS_COMMIT` at build time, else `unknown`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const RUSTC: &str = env!("NODEDNS_RUSTC_VERSION");
+pub const COMMIT: &str = match option_env!("NODEDNS_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// `nodedns_build_info{version,rustc,commit} 1`, as CoreDNS's `coredns_build_info`: which build
+/// runs where, on a dashboard.
+fn build_info() {
+    metrics::describe_gauge!(
+        "nodedns_build_info",
+        "1, labelled with the running build's version, compiler and commit."
+    );
+    metrics::gauge!("nodedns_build_info", "version" => VERSION, "rustc" => RUSTC, "commit" => COMMIT)
+        .set(1.0);
 }
 
 /// Help texts of the metrics every nodedns DNS server exports under the same names.

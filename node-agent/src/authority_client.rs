@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use nodedns_common::tls::ClientTlsFiles;
 use nodedns_proto::v1::authority_client::AuthorityClient;
 use nodedns_proto::v1::subscribe_response::Event;
 use nodedns_proto::v1::{
@@ -20,7 +21,7 @@ use nodedns_proto::v1::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
 use crate::autopath::{self, PodContext};
@@ -117,6 +118,27 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     }
+}
+
+/// The zones in `new` that `old` did not have.
+fn new_zones(old: &[String], new: &[String]) -> Vec<String> {
+    new.iter().filter(|z| !old.contains(z)).cloned().collect()
+}
+
+/// tonic's TLS settings from the files, read now: a rotated certificate is used from the next
+/// connection on. The expected server name is `--tls-server-name`, else the URL's host.
+fn client_tls(files: &ClientTlsFiles) -> Result<ClientTlsConfig, String> {
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(files.ca.read().map_err(|e| e.to_string())?));
+    if let Some((cert, key)) = &files.identity {
+        let cert = cert.read().map_err(|e| e.to_string())?;
+        let key = key.read().map_err(|e| e.to_string())?;
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &files.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
 }
 
 /// Wakes the query waiting for `answer` (by id); an answer nobody waits for is dropped.
@@ -243,10 +265,12 @@ impl AuthorityLink {
         rx.await.map_err(|_| AuthorityError::Disconnected)
     }
 
-    /// Keeps a connection to one of `endpoints` until `stop`.
+    /// Keeps a connection to one of `endpoints` until `stop`; `https://` endpoints over TLS with
+    /// `tls` (read again at each connection, so rotated files apply at the next one).
     pub async fn run(
         self: Arc<Self>,
         endpoints: Vec<String>,
+        tls: Option<ClientTlsFiles>,
         node: String,
         cache: Arc<Cache>,
         stop: CancellationToken,
@@ -262,7 +286,7 @@ impl AuthorityLink {
             let started = Instant::now();
             let outcome = tokio::select! {
                 () = stop.cancelled() => break,
-                outcome = self.session(url, &node, &cache) => outcome,
+                outcome = self.session(url, tls.as_ref(), &node, &cache) => outcome,
             };
             if *self.connected.borrow() {
                 failed_attempts = 0;
@@ -315,14 +339,24 @@ impl AuthorityLink {
 
     /// One connection: Resolve and Subscribe until either ends. `Ok` with a reason for an orderly
     /// end (draining), `Err` for a failure.
-    async fn session(&self, url: &str, node: &str, cache: &Cache) -> Result<&'static str, String> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+    async fn session(
+        &self,
+        url: &str,
+        tls: Option<&ClientTlsFiles>,
+        node: &str,
+        cache: &Cache,
+    ) -> Result<&'static str, String> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("bad URL: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        if url.starts_with("https://") {
+            let tls = tls.ok_or("an https:// authority needs --tls-ca")?;
+            endpoint = endpoint.tls_config(client_tls(tls)?).map_err(|e| format!("TLS: {e}"))?;
+        }
         let channel: Channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
         let mut client = AuthorityClient::new(channel);
         let resume_from = self.revision.load(Ordering::Relaxed);
@@ -394,8 +428,10 @@ impl AuthorityLink {
         let current = self.view.load();
         match event {
             Some(Event::Snapshot(s)) => {
-                // Whatever changed while we were away is unknown: every cluster answer goes.
-                let evicted = cache.evict_subtrees(&s.zones);
+                // Whatever changed while we were away is unknown: every cluster answer goes, and
+                // answers an upstream gave for names in zones new to us.
+                let evicted =
+                    cache.evict_subtrees(&s.zones) + cache.evict_under(&new_zones(&current.zones, &s.zones));
                 let pods =
                     s.pods.into_iter().filter_map(|p| Some((ip_of(&p.ip)?, p))).collect::<HashMap<_, _>>();
                 info!(revision, pods = pods.len(), zones = ?s.zones, evicted, "authority snapshot applied");
@@ -405,6 +441,11 @@ impl AuthorityLink {
                 let mut evicted = cache.evict_names(u.names.iter().map(String::as_str));
                 if !u.subtrees.is_empty() {
                     evicted += cache.evict_subtrees(&u.subtrees);
+                }
+                // A zone the authority now serves (custom records): what an upstream answered for
+                // its names before is not the authority's answer.
+                if !u.zones.is_empty() {
+                    evicted += cache.evict_under(&new_zones(&current.zones, &u.zones));
                 }
                 metrics::counter!("nodedns_notice_evictions_total").increment(evicted as u64);
                 // Notices alone (the common case) leave the view as it is.

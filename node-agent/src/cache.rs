@@ -10,7 +10,7 @@
 //! The clock is passed in: expiry is tested without sleeping.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,9 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Entry {
     /// The response with id 0 and without OPT (added per client on a hit), followed by the
-    /// offsets of its TTL fields (`u16`, native byte order).
+    /// offsets of its TTL fields (`u16`, native byte order), then its rotation plan
+    /// (`nodedns_zone::rotate::plan`, empty for most answers) and the plan's length in bytes
+    /// (`u16`): one allocation, and the entry no larger.
     data: Box<[u8]>,
     /// Length of the response in `data`.
     wire_len: u16,
@@ -64,6 +66,8 @@ pub struct Entry {
     pub rcode: u8,
     /// A refresh is under way (one per entry).
     prefetching: AtomicBool,
+    /// Turns served, for the round-robin order (wrapping: a byte keeps the entry's size).
+    turns: AtomicU8,
     /// Cluster answers (from the authority) only: the names a change notice finds them by.
     names: Option<Box<NoticeNames>>,
 }
@@ -104,8 +108,17 @@ impl Entry {
         &self.data[..usize::from(self.wire_len)]
     }
 
+    /// The rotation plan: empty unless the answer has an RRset to turn.
+    #[inline]
+    fn plan(&self) -> &[u8] {
+        let len = self.data.len();
+        let plan = usize::from(u16::from_ne_bytes([self.data[len - 2], self.data[len - 1]]));
+        &self.data[len - 2 - plan..len - 2]
+    }
+
     fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
-        self.data[usize::from(self.wire_len)..]
+        let end = self.data.len() - 2 - self.plan().len();
+        self.data[usize::from(self.wire_len)..end]
             .chunks_exact(2)
             .map(|c| usize::from(u16::from_ne_bytes([c[0], c[1]])))
     }
@@ -153,6 +166,22 @@ impl Entry {
         if udp && out.len() > query.udp_limit() {
             wire::truncate(out, query);
         }
+    }
+
+    /// Turns the A, AAAA, MX and SRV RRsets of the answer just written into `out` (by
+    /// [`Entry::write`]) one step on from the last client's (CoreDNS `loadbalance`), in place:
+    /// clients that take the first address spread over all of them, cache hits included. The
+    /// plan was made when the answer was stored, so a hit only moves bytes; an answer truncated
+    /// for the client has no records to turn.
+    #[inline]
+    pub fn rotate(&self, out: &mut [u8]) {
+        let plan = self.plan();
+        let wire_len = usize::from(self.wire_len);
+        if plan.is_empty() || out.len() < wire_len || out[2] & 0x02 != 0 {
+            return;
+        }
+        let turn = self.turns.fetch_add(1, Ordering::Relaxed);
+        nodedns_zone::rotate::apply(&mut out[..wire_len], plan, u32::from(turn));
     }
 }
 
@@ -461,10 +490,14 @@ impl Cache {
         wire[..2].fill(0);
         let question_end = u16::try_from(wire::parse_question_end(&wire)?).ok()?;
         let wire_len = u16::try_from(wire.len()).ok()?;
-        wire.reserve_exact(layout.ttl_offsets.len() * 2);
+        let plan = nodedns_zone::rotate::plan(&wire).unwrap_or_default();
+        let plan_len = u16::try_from(plan.len()).ok()?;
+        wire.reserve_exact(layout.ttl_offsets.len() * 2 + plan.len() + 2);
         for at in &layout.ttl_offsets {
             wire.extend_from_slice(&at.to_ne_bytes());
         }
+        wire.extend_from_slice(&plan);
+        wire.extend_from_slice(&plan_len.to_ne_bytes());
         let names = cluster.then(|| {
             Box::new(NoticeNames {
                 owners: layout
@@ -486,6 +519,8 @@ impl Cache {
             negative,
             rcode: layout.rcode,
             prefetching: AtomicBool::new(false),
+            // The first client gets the order as stored, the next one step on.
+            turns: AtomicU8::new(0),
             names,
         });
         // A replaced entry's names leave the index here (replacements are not evictions).
@@ -537,6 +572,28 @@ impl Cache {
                 s == "."
                     || qname == s.as_str()
                     || (qname.ends_with(s.as_str()) && qname[..qname.len() - s.len()].ends_with('.'))
+            });
+            if under && self.remove(&key) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drops every entry whose question name is in one of `zones` (lower case, absolute),
+    /// wherever its answer came from: for a zone the authority starts serving, whose names an
+    /// upstream may have answered before. Walks the whole cache; zones appear rarely.
+    pub fn evict_under(&self, zones: &[String]) -> usize {
+        if zones.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for (key, _) in self.entries.iter() {
+            let qname = crate::wire::key_name(&key);
+            let under = zones.iter().any(|z| {
+                z == "."
+                    || qname == *z
+                    || (qname.ends_with(z.as_str()) && qname[..qname.len() - z.len()].ends_with('.'))
             });
             if under && self.remove(&key) {
                 n += 1;

@@ -13,9 +13,11 @@ use std::time::Duration;
 use clap::Parser;
 pub use nodedns_common::config::{ConfigError, LogFormat};
 use nodedns_common::config::{invalid, list, read_yaml, seconds};
+use nodedns_common::tls::{ClientTlsFiles, TlsFile};
 use serde::Deserialize;
 
 use crate::cache::Limits;
+use crate::rewrite::{Rewrites, parse_rule};
 
 /// The default address pods are pointed at (kubelet `--cluster-dns`), as NodeLocal DNSCache uses.
 pub const DEFAULT_LISTEN: &str = "169.254.20.10:53";
@@ -46,6 +48,10 @@ pub struct Args {
     /// The node's resolv.conf: upstream nameservers (without --upstream) [default: /etc/resolv.conf].
     #[arg(long, env = "NODEDNS_RESOLV_CONF", value_name = "PATH")]
     pub resolv_conf: Option<PathBuf>,
+    /// Resolve a name as another and answer under the asked name (CoreDNS `rewrite name` with
+    /// `answer auto`): `exact:FROM=TO` or `suffix:.FROM=.TO`; repeatable, first match applies.
+    #[arg(long, env = "NODEDNS_REWRITE", value_name = "RULE", value_delimiter = ',')]
+    pub rewrite: Vec<String>,
     /// Send names under ZONE to these servers instead of the upstreams; repeatable.
     #[arg(long, env = "NODEDNS_STUB_DOMAIN", value_name = "ZONE=ADDR:PORT[,ADDR:PORT]")]
     pub stub_domain: Vec<String>,
@@ -104,6 +110,10 @@ pub struct Args {
     /// Log one line per answered query.
     #[arg(long, env = "NODEDNS_LOG_QUERIES", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub log_queries: Option<bool>,
+    /// Keep the records of A, AAAA, MX and SRV answers in the order stored instead of turning
+    /// them round-robin per response (CoreDNS `loadbalance`).
+    #[arg(long, env = "NODEDNS_NO_ROTATE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_rotate: Option<bool>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "NODEDNS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -111,6 +121,19 @@ pub struct Args {
     /// cluster file are checked for changes; SIGHUP re-reads the config at once [default: 1].
     #[arg(long, env = "NODEDNS_RELOAD_INTERVAL", value_name = "SECONDS")]
     pub reload_interval: Option<f64>,
+    /// CA (PEM) that signs the authority's certificate: `https://` authorities are verified
+    /// against it.
+    #[arg(long, env = "NODEDNS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM) for mutual TLS with the authority; with --tls-key.
+    #[arg(long, env = "NODEDNS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "NODEDNS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the authority's certificate must carry [default: the host of each --authority URL].
+    #[arg(long, env = "NODEDNS_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Validate the configuration, print the result and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -125,6 +148,7 @@ pub struct FileConfig {
     pub upstream: Option<Vec<SocketAddr>>,
     pub resolv_conf: Option<PathBuf>,
     pub stub_domain: Option<Vec<String>>,
+    pub rewrite: Option<Vec<String>>,
     pub node_name: Option<String>,
     pub cluster_domain: Option<String>,
     pub admin_listen: Option<SocketAddr>,
@@ -142,8 +166,13 @@ pub struct FileConfig {
     pub udp_recv_buffer: Option<usize>,
     pub autopath: Option<bool>,
     pub log_queries: Option<bool>,
+    pub no_rotate: Option<bool>,
     pub log_format: Option<String>,
     pub reload_interval: Option<f64>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
 }
 
 /// A zone whose names go to its own servers.
@@ -220,8 +249,13 @@ pub struct Config {
     pub udp_recv_buffer: usize,
     pub autopath: bool,
     pub log_queries: bool,
+    /// Answers in stored order, not round-robin (`--no-rotate`).
+    pub no_rotate: bool,
+    pub rewrites: Rewrites,
     pub log_format: LogFormat,
     pub reload_interval: Duration,
+    /// TLS towards `https://` authorities; `None` when every authority is `http://`.
+    pub authority_tls: Option<ClientTlsFiles>,
 }
 
 /// Settings a reload cannot change in a running agent: sockets, the interface, the authority
@@ -244,9 +278,16 @@ pub const RESTART_KEYS: &[&str] = &[
     // Its nameservers are `upstream` (live); its search domains and ndots join the pods' for
     // autopath, whose contexts are built as the authority's pod table arrives.
     "resolv-conf",
+    // The files are read again at each connection (rotation needs no restart); which files, and
+    // the name expected, are fixed with the session's settings.
+    "tls-ca",
+    "tls-cert",
+    "tls-key",
+    "tls-server-name",
 ];
 
-fn domain(key: &'static str, text: &str) -> Result<String, ConfigError> {
+/// A domain name as written in a setting, lower case and absolute (`corp.example.`).
+pub(crate) fn domain(key: &'static str, text: &str) -> Result<String, ConfigError> {
     let bare = text.trim_end_matches('.').to_ascii_lowercase();
     let ok = !bare.is_empty()
         && bare.len() <= 253
@@ -279,14 +320,50 @@ pub fn parse_stub_domain(text: &str) -> Result<StubDomain, ConfigError> {
     Ok(StubDomain { zone, servers })
 }
 
+/// TLS towards the authority: every file read and parsed now, so a bad one stops the start naming
+/// its flag. `https://` authorities need the CA; TLS files with only `http://` authorities are a
+/// mistake worth stopping for (the operator believes the link is encrypted).
+fn authority_tls(
+    authority: &[String],
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> Result<Option<ClientTlsFiles>, ConfigError> {
+    let https = authority.iter().any(|url| url.starts_with("https://"));
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((TlsFile::new("tls-cert", cert), TlsFile::new("tls-key", key))),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("tls-key", "--tls-cert needs --tls-key")),
+        (None, Some(_)) => return Err(invalid("tls-cert", "--tls-key needs --tls-cert")),
+    };
+    let Some(ca) = ca else {
+        if https {
+            return Err(invalid("tls-ca", "an https:// --authority needs the CA that signs its certificate"));
+        }
+        if identity.is_some() || server_name.is_some() {
+            let key = if identity.is_some() { "tls-cert" } else { "tls-server-name" };
+            return Err(invalid(key, "needs --tls-ca and an https:// --authority"));
+        }
+        return Ok(None);
+    };
+    if !https {
+        return Err(invalid("tls-ca", "no --authority is https://: the link would not be encrypted"));
+    }
+    let files = ClientTlsFiles { ca: TlsFile::new("tls-ca", ca), identity, server_name };
+    files.check().map_err(|e| invalid(e.key, format!("{}: {}", e.path.display(), e.message)))?;
+    Ok(Some(files))
+}
+
 /// Reads a YAML config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     read_yaml(path)
 }
 
 /// Refuses upstream and stub servers that are our own listen addresses: forwarding there would
-/// loop.
-fn check_loops(
+/// loop. The authority applies it to its `--dns-listen` too. (A server that forwards back to us
+/// from elsewhere is found at run time by the loop probe.)
+pub fn check_loops(
     upstreams: &[SocketAddr],
     upstream_source: &str,
     stub_domains: &[StubDomain],
@@ -296,7 +373,7 @@ fn check_loops(
         return Err(invalid(
             if upstream_source == "--upstream" { "upstream" } else { "resolv-conf" },
             format!(
-                "{server} is one of our own listen addresses: forwarding there would loop (point the agent at the node's real resolvers)"
+                "{server} is one of our own listen addresses: forwarding there would loop (point it at real resolvers)"
             ),
         ));
     }
@@ -359,6 +436,9 @@ impl Config {
             .map(|s| parse_stub_domain(s))
             .collect::<Result<Vec<_>, _>>()?;
         check_loops(&upstreams, &upstream_source, &stub_domains, &listen)?;
+        let rewrites = Rewrites::new(
+            list(&args.rewrite, file.rewrite).iter().map(|r| parse_rule(r)).collect::<Result<Vec<_>, _>>()?,
+        );
 
         let standalone_cluster_file = args.standalone_cluster_file.clone().or(file.standalone_cluster_file);
         let authority = list(&args.authority, file.authority);
@@ -373,6 +453,13 @@ impl Config {
                 "no authority: give --authority URL, or --standalone-cluster-file PATH",
             ));
         }
+        let authority_tls = authority_tls(
+            &authority,
+            args.tls_ca.clone().or(file.tls_ca),
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.tls_server_name.clone().or(file.tls_server_name),
+        )?;
         let node_name = args.node_name.clone().or(file.node_name).unwrap_or_default();
         if node_name.is_empty() && standalone_cluster_file.is_none() {
             return Err(invalid("node-name", "required (set NODE_NAME from spec.nodeName)"));
@@ -457,8 +544,11 @@ impl Config {
             udp_recv_buffer,
             autopath: args.autopath.or(file.autopath).unwrap_or(true),
             log_queries: args.log_queries.or(file.log_queries).unwrap_or(false),
+            no_rotate: args.no_rotate.or(file.no_rotate).unwrap_or(false),
+            rewrites,
             log_format,
             reload_interval,
+            authority_tls,
         })
     }
 
@@ -490,6 +580,17 @@ impl Config {
             ("cluster-domain", a.cluster_domain != b.cluster_domain),
             ("admin-listen", a.admin_listen != b.admin_listen),
             ("standalone-cluster-file", a.standalone_cluster_file != b.standalone_cluster_file),
+            ("tls-ca", a.authority_tls.as_ref().map(|t| &t.ca) != b.authority_tls.as_ref().map(|t| &t.ca)),
+            (
+                "tls-cert",
+                a.authority_tls.as_ref().map(|t| &t.identity)
+                    != b.authority_tls.as_ref().map(|t| &t.identity),
+            ),
+            (
+                "tls-server-name",
+                a.authority_tls.as_ref().map(|t| &t.server_name)
+                    != b.authority_tls.as_ref().map(|t| &t.server_name),
+            ),
             ("setup-interface", a.setup_interface != b.setup_interface),
             ("keep-interface", a.keep_interface != b.keep_interface),
             ("cache-bytes", ca.max_bytes != cb.max_bytes),
@@ -503,6 +604,8 @@ impl Config {
             ("udp-recv-buffer", a.udp_recv_buffer != b.udp_recv_buffer),
             ("autopath", a.autopath != b.autopath),
             ("log-queries", a.log_queries != b.log_queries),
+            ("no-rotate", a.no_rotate != b.no_rotate),
+            ("rewrite", a.rewrites != b.rewrites),
             ("log-format", a.log_format != b.log_format),
             ("reload-interval", a.reload_interval != b.reload_interval),
         ]
@@ -600,6 +703,30 @@ mod tests {
         let own: SocketAddr = "10.0.0.3:53".parse().unwrap();
         assert!(second.check_loops(&[own]).unwrap_err().to_string().starts_with("upstream: 10.0.0.3:53"));
         assert!(second.check_loops(&first.listen).is_ok());
+    }
+
+    #[test]
+    fn no_rotate_comes_from_the_flag_or_the_file_and_reloads_live() {
+        let dir = nodedns_testsupport::TempDir::new("agent-cfg");
+        let path = dir.write("agent.yaml", "upstream: ['10.0.0.2:53']\n");
+        let a = args(&["--config", path.to_str().unwrap(), "--authority", "http://a:1", "--node-name", "n1"]);
+        let first = Config::resolve(&a).unwrap();
+        assert!(!first.no_rotate, "answers turn unless told not to");
+        dir.write("agent.yaml", "upstream: ['10.0.0.2:53']\nno-rotate: true\n");
+        let second = Config::resolve(&a).unwrap();
+        assert!(second.no_rotate);
+        assert_eq!(first.changed_keys(&second), ["no-rotate"]);
+        assert!(!RESTART_KEYS.contains(&"no-rotate"));
+        let flag = args(&[
+            "--authority",
+            "http://a:1",
+            "--node-name",
+            "n1",
+            "--upstream",
+            "10.0.0.2:53",
+            "--no-rotate",
+        ]);
+        assert!(Config::resolve(&flag).unwrap().no_rotate);
     }
 
     #[test]

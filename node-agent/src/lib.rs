@@ -9,6 +9,8 @@
 //! - [`request`]: malformed input rejected, cache lookup, the route of a miss, coalescing;
 //! - [`cache`]: responses stored ready to send, aged on a hit, evicted exactly by change notices;
 //! - [`autopath`]: a pod's first search expansion walked here, answered in one round trip;
+//! - [`chase`]: an ExternalName's alias to a name outside the cluster completed with the
+//!   target's records, resolved through the same routes;
 //! - [`authority_client`] / [`upstream`]: the Resolve and Subscribe streams; forwarding over UDP
 //!   and TCP with failover;
 //! - [`respond`]: the one place an answer is counted and logged.
@@ -22,12 +24,14 @@ pub mod admin;
 pub mod authority_client;
 pub mod autopath;
 pub mod cache;
+pub mod chase;
 pub mod config;
 pub mod interface;
 pub mod listener;
 pub mod reload;
 pub mod request;
 pub mod respond;
+pub mod rewrite;
 pub mod upstream;
 pub mod wire;
 
@@ -213,6 +217,7 @@ impl Agent {
         };
         tracker.spawn(Arc::clone(&self.authority).run(
             endpoints.clone(),
+            self.config.authority_tls.clone(),
             node,
             Arc::clone(&self.cache),
             background.clone(),
@@ -226,6 +231,8 @@ impl Agent {
             self.config.autopath,
             self.config.log_queries,
         ));
+        resolver.set_rotate(!self.config.no_rotate);
+        resolver.set_rewrites(self.config.rewrites.clone());
         {
             // Loops can appear later (a node's resolv.conf changes): probe now and every 10 min.
             let (resolver, stop) = (Arc::clone(&resolver), background.clone());
@@ -342,6 +349,13 @@ impl Agent {
             udp_recv_buffer = udp_recv_buffer,
             autopath = c.autopath,
             log_queries = c.log_queries,
+            rotate = !c.no_rotate,
+            rewrites = ?c.rewrites.rules().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            authority_tls = match &c.authority_tls {
+                None => "off (plain text)",
+                Some(t) if t.identity.is_some() => "mutual (this agent's certificate sent)",
+                Some(_) => "server verified (no agent certificate)",
+            },
             reload_s = c.reload_interval.as_secs_f64(),
             "nodedns-agent serving"
         );

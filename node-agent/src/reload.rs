@@ -1,31 +1,35 @@
 //! Configuration reload: the whole [`Config`] is resolved again from the saved flags and the
 //! re-read `--config` file (flags and environment still win), checked, and what can change in a
 //! running agent is swapped in without stopping a query: the forwarders (`upstream`, the
-//! resolv.conf nameservers, `stub-domain`, `timeout`), the cache limits, `log-queries` and
-//! `autopath`. The rest ([`crate::config::RESTART_KEYS`]) is logged as needing a restart.
-//! The polling, SIGHUP, logs and metric are `nodedns_common::reload`'s.
+//! resolv.conf nameservers, `stub-domain`, `timeout`), the cache limits, `log-queries`,
+//! `autopath`, `no-rotate` and `rewrite`. The rest ([`crate::config::RESTART_KEYS`]) is logged as needing a
+//! restart. The polling, SIGHUP, logs and metric are `nodedns_common::reload`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nodedns_common::config::ConfigError;
 use nodedns_common::reload::{Applied, Snapshot, sort_keys};
 
 use crate::authority_client::AuthorityLink;
 use crate::cache::Cache;
-use crate::config::{Args, Config, RESTART_KEYS};
+use crate::config::{Args, Config, RESTART_KEYS, StubDomain};
 use crate::request::{Resolver, Routes};
 use crate::upstream::Forwarder;
 
 /// The forwarders `config` asks for.
 pub fn routes(config: &Config) -> Routes {
-    let upstream = Forwarder::new(&config.upstreams, config.timeout, "upstream");
-    let stubs = config
-        .stub_domains
-        .iter()
-        .map(|s| (s.zone.clone(), Forwarder::new(&s.servers, config.timeout, &s.zone)))
-        .collect();
+    forwarders(&config.upstreams, &config.stub_domains, config.timeout)
+}
+
+/// Forwarders to these upstreams and stub domains (the authority's `--upstream` builds its own
+/// with this too).
+pub fn forwarders(upstreams: &[SocketAddr], stub_domains: &[StubDomain], timeout: Duration) -> Routes {
+    let upstream = Forwarder::new(upstreams, timeout, "upstream");
+    let stubs =
+        stub_domains.iter().map(|s| (s.zone.clone(), Forwarder::new(&s.servers, timeout, &s.zone))).collect();
     Routes::new(upstream, stubs)
 }
 
@@ -84,6 +88,12 @@ impl Reloader {
         }
         if live("autopath") {
             self.resolver.set_autopath(new.autopath);
+        }
+        if live("no-rotate") {
+            self.resolver.set_rotate(!new.no_rotate);
+        }
+        if live("rewrite") {
+            self.resolver.set_rewrites(new.rewrites.clone());
         }
         let files = files(&self.args, &new);
         self.last = new;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -21,8 +21,10 @@ use futures::future::{BoxFuture, Shared};
 use crate::authority_client::AuthorityLink;
 use crate::autopath;
 use crate::cache::{Cache, Entry, Lookup};
+use crate::chase;
 use crate::config::ResolvConf;
 use crate::respond::{self, Outcome, Source};
+use crate::rewrite::{self, Rewrites};
 use crate::upstream::Forwarder;
 use crate::wire::{self, Query, Reject};
 
@@ -48,7 +50,8 @@ enum Fetched {
     Entry(Arc<Entry>),
     /// Not cacheable (SERVFAIL, REFUSED, truncated...): the raw response.
     Raw(Arc<Vec<u8>>),
-    Failed(&'static str),
+    /// No answer, and why (`upstream: no upstream answered within 2s`), for the error log.
+    Failed(Arc<str>),
 }
 
 type InFlight = Shared<BoxFuture<'static, Fetched>>;
@@ -76,14 +79,27 @@ impl Routes {
         }
     }
 
+    /// Whether a name outside the authority's zones has somewhere to go: a stub domain holding
+    /// it, or any upstream (the agent always has one; the authority forwards only then).
+    pub fn takes(&self, qname: &str) -> bool {
+        self.upstream.servers().next().is_some() || self.stubs.iter().any(|(zone, _)| in_zone(qname, zone))
+    }
+
+    /// The most specific zone holding `qname` decides, as CoreDNS picks the server block: a stub
+    /// domain, or a zone the authority announced on Subscribe (the cluster domain, its reverse
+    /// zones, custom-record zones); a stub domain wins a tie. Lock-free: one atomic load of the
+    /// view.
     fn route(&self, qname: &str, authority: &AuthorityLink) -> Route {
-        if let Some(i) = self.stubs.iter().position(|(zone, _)| in_zone(qname, zone)) {
-            return Route::Stub(i);
+        // Longest first, so the first match is the most specific.
+        let stub = self.stubs.iter().position(|(zone, _)| in_zone(qname, zone));
+        let view = authority.view_guard();
+        let ours = view.zones.iter().filter(|z| in_zone(qname, z)).map(|z| z.len()).max();
+        match (stub, ours) {
+            (Some(i), Some(len)) if len > self.stubs[i].0.len() => Route::Authority,
+            (Some(i), _) => Route::Stub(i),
+            (None, Some(_)) => Route::Authority,
+            (None, None) => Route::Upstream,
         }
-        if authority.view().zones.iter().any(|z| in_zone(qname, z)) {
-            return Route::Authority;
-        }
-        Route::Upstream
     }
 }
 
@@ -94,6 +110,12 @@ pub struct Resolver {
     log_queries: AtomicBool,
     /// Whether to autopath the node's pods (`--autopath`).
     autopath: AtomicBool,
+    /// Whether answers come round-robin (not `--no-rotate`).
+    rotate: AtomicBool,
+    /// `--rewrite` rules, swapped whole by a reload; `rewriting` says whether there are any, so
+    /// the hit path pays one relaxed load without them.
+    rewrites: ArcSwap<Rewrites>,
+    rewriting: AtomicBool,
     /// The node's resolv.conf: its search domains join the pods' for autopath.
     pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
@@ -144,6 +166,8 @@ pub struct Miss {
     key: Box<[u8]>,
     query: Query,
     autopath: bool,
+    /// The name a `--rewrite` rule resolves instead of the asked one.
+    rewrite: Option<Box<str>>,
 }
 
 impl Resolver {
@@ -161,12 +185,24 @@ impl Resolver {
             routes: ArcSwap::from_pointee(routes),
             log_queries: AtomicBool::new(log_queries),
             autopath: AtomicBool::new(autopath),
+            rotate: AtomicBool::new(true),
+            rewrites: ArcSwap::from_pointee(Rewrites::default()),
+            rewriting: AtomicBool::new(false),
             node,
             inflight: Mutex::default(),
             probe: wire::encode_name(&probe_name()).unwrap_or_default().into_boxed_slice(),
             last_loop_log: std::sync::atomic::AtomicU64::new(u64::MAX),
             started: Instant::now(),
         }
+    }
+
+    /// A resolver for the names outside a server's own zones (the authority's `--upstream`):
+    /// cache, coalescing, stub domains, upstream failover and the loop probe as in the agent; no
+    /// autopath, and an authority link that is never connected and routes no zone (the server
+    /// answers its zones itself).
+    pub fn forwarding(cache: Arc<Cache>, routes: Routes, timeout: Duration) -> Self {
+        let authority = AuthorityLink::new(timeout, Vec::new(), ResolvConf::default());
+        Self::new(cache, authority, routes, ResolvConf::default(), false, false)
     }
 
     pub fn route(&self, qname: &str) -> Route {
@@ -191,6 +227,37 @@ impl Resolver {
         self.autopath.store(on, Ordering::Relaxed);
     }
 
+    /// The `--rewrite` rules from now on (a config reload).
+    pub fn set_rewrites(&self, rewrites: Rewrites) {
+        self.rewriting.store(!rewrites.is_empty(), Ordering::Relaxed);
+        self.rewrites.store(Arc::new(rewrites));
+    }
+
+    /// Round-robin answers on or off (`--no-rotate`); on unless set.
+    pub fn set_rotate(&self, on: bool) {
+        self.rotate.store(on, Ordering::Relaxed);
+    }
+
+    /// Writes `entry`'s answer to `query` into `out` (see [`Entry::write`]), its RRsets turned one
+    /// step on from the last client's unless `--no-rotate`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn write(
+        &self,
+        entry: &Entry,
+        packet: &[u8],
+        query: &Query,
+        now: Instant,
+        stale: bool,
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) {
+        entry.write(packet, query, now, stale, udp, out);
+        if self.rotate.load(Ordering::Relaxed) {
+            entry.rotate(out);
+        }
+    }
+
     fn log_queries(&self) -> bool {
         self.log_queries.load(Ordering::Relaxed)
     }
@@ -213,9 +280,28 @@ impl Resolver {
                 }
                 Err(Reject::Rcode(rcode)) => {
                     wire::error_response(packet, None, rcode, out);
+                    let cause = if rcode == 4 { "opcode not implemented" } else { "malformed query" };
+                    nodedns_common::client_error!(
+                        client = %client,
+                        name = "",
+                        qtype = "",
+                        rcode = if rcode == 4 { "NOTIMP" } else { "FORMERR" },
+                        cause,
+                        "error answer sent"
+                    );
                     respond::answered(
-                        &Outcome { transport, qtype: 0, rcode, source: Source::Error, client, started: now },
+                        &Outcome {
+                            transport,
+                            qtype: 0,
+                            rcode,
+                            source: Source::Error,
+                            client,
+                            started: now,
+                            query: None,
+                            request_len: packet.len(),
+                        },
                         key,
+                        out,
                         self.log_queries(),
                     );
                     return Step::Answer;
@@ -232,6 +318,14 @@ impl Resolver {
             };
             if let Some(rcode) = refuse {
                 wire::error_response(packet, Some(&query), rcode, out);
+                nodedns_common::client_error!(
+                    client = %client,
+                    name = wire::key_name(key),
+                    qtype = %respond::qtype_name(query.qtype),
+                    rcode = if rcode == 16 { "BADVERS" } else { "NOTIMP" },
+                    cause = if rcode == 16 { "EDNS version above 0" } else { "query class other than IN" },
+                    "error answer sent"
+                );
                 respond::answered(
                     &Outcome {
                         transport,
@@ -240,8 +334,11 @@ impl Resolver {
                         source: Source::Error,
                         client,
                         started: now,
+                        query: Some(query),
+                        request_len: packet.len(),
                     },
                     key,
+                    out,
                     self.log_queries(),
                 );
                 return Step::Answer;
@@ -250,6 +347,20 @@ impl Resolver {
                 self.loop_detected(client);
                 wire::error_response(packet, Some(&query), 2, out);
                 return Step::Answer;
+            }
+            // A `--rewrite` rule's name: resolved off the receive loop as the rewritten name
+            // (one relaxed load here when there are no rules).
+            if self.rewriting.load(Ordering::Relaxed)
+                && let Some(target) = self.rewrites.load().target(&wire::key_name(key))
+            {
+                let key = key.as_slice().into();
+                return Step::Miss(Miss {
+                    packet: packet.to_vec(),
+                    key,
+                    query,
+                    autopath: false,
+                    rewrite: Some(target.into()),
+                });
             }
             // A pod's possible first search expansion is answered per search context: walked
             // answers are cached under the context's tag, never served to other clients.
@@ -264,7 +375,7 @@ impl Resolver {
                 }
             };
             if let Lookup::Fresh(entry) = self.cache.lookup(key, now) {
-                entry.write(packet, &query, now, false, transport == Transport::Udp, out);
+                self.write(&entry, packet, &query, now, false, transport == Transport::Udp, out);
                 let prefetch = entry.hit_wants_prefetch(now);
                 let source = if entry.negative { Source::CacheDenial } else { Source::CacheSuccess };
                 respond::answered(
@@ -275,8 +386,11 @@ impl Resolver {
                         source,
                         client,
                         started: now,
+                        query: Some(query),
+                        request_len: packet.len(),
                     },
                     key,
+                    out,
                     self.log_queries(),
                 );
                 if prefetch {
@@ -285,13 +399,84 @@ impl Resolver {
                         key: key.as_slice().into(),
                         query,
                         autopath,
+                        rewrite: None,
                     });
                 }
                 return Step::Answer;
             }
             respond::cache_miss();
-            Step::Miss(Miss { packet: packet.to_vec(), key: key.as_slice().into(), query, autopath })
+            Step::Miss(Miss {
+                packet: packet.to_vec(),
+                key: key.as_slice().into(),
+                query,
+                autopath,
+                rewrite: None,
+            })
         })
+    }
+
+    /// For a server that answers its own zones and forwards the rest (the authority): answers
+    /// `packet` into `out` from the cache or through the routes, as [`Resolver::answer`] and
+    /// [`Resolver::miss`] do for the agent, but without counting or logging (the caller does,
+    /// with its own metrics); returns where the answer came from. `None` when the query is not
+    /// one to forward (a class other than IN, an EDNS version above 0, a zone transfer, a packet
+    /// our parser refuses, a name no route takes): the caller answers it itself.
+    pub async fn forward(
+        self: &Arc<Self>,
+        packet: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Option<Source> {
+        let now = Instant::now();
+        let udp = transport == Transport::Udp;
+        let (step, source) = KEY.with_borrow_mut(|key| {
+            let Ok(query) = wire::parse_query(packet, key) else { return (Step::Drop, Source::Error) };
+            // IXFR 251, AXFR 252: transfers are the zones' own business.
+            if query.qclass != 1 || query.edns_version != 0 || matches!(query.qtype, 251 | 252) {
+                return (Step::Drop, Source::Error);
+            }
+            if key.starts_with(&self.probe) {
+                self.loop_detected(client);
+                wire::error_response(packet, Some(&query), 2, out);
+                return (Step::Answer, Source::Error);
+            }
+            let miss = || Miss {
+                packet: packet.to_vec(),
+                key: key.as_slice().into(),
+                query,
+                autopath: false,
+                rewrite: None,
+            };
+            match self.cache.lookup(key, now) {
+                Lookup::Fresh(entry) => {
+                    self.write(&entry, packet, &query, now, false, udp, out);
+                    let source = if entry.negative { Source::CacheDenial } else { Source::CacheSuccess };
+                    if entry.hit_wants_prefetch(now) {
+                        (Step::AnswerAndPrefetch(miss()), source)
+                    } else {
+                        (Step::Answer, source)
+                    }
+                }
+                _ => (Step::Miss(miss()), Source::Fetched),
+            }
+        });
+        match step {
+            Step::Drop => None,
+            Step::Answer => Some(source),
+            Step::AnswerAndPrefetch(miss) => {
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.prefetch(miss, client, transport).await });
+                Some(source)
+            }
+            Step::Miss(Miss { packet, key, query, .. }) => {
+                if !self.routes.load().takes(&wire::key_name(&key)) {
+                    return None;
+                }
+                let fetched = self.fetch(&key, &packet, client, transport).await;
+                Some(self.write_fetched(fetched, &packet, &query, &key, udp, out))
+            }
+        }
     }
 
     /// Fetches a miss (coalesced with identical ones in flight) and writes the answer into `out`.
@@ -303,7 +488,10 @@ impl Resolver {
         started: Instant,
         out: &mut Vec<u8>,
     ) {
-        let Miss { packet, key, query, autopath } = miss;
+        let Miss { packet, key, query, autopath, rewrite } = miss;
+        if let Some(target) = rewrite {
+            return self.rewritten(&packet, &key, query, &target, client, transport, started, out).await;
+        }
         let plain = autopath::untagged(&key, autopath);
         let candidates = if autopath { self.autopath(plain, client) } else { None };
         let fetched = match candidates {
@@ -312,11 +500,125 @@ impl Resolver {
             None if autopath => self.cached_or_fetch(plain, &packet, client, transport).await,
             None => self.fetch(plain, &packet, client, transport).await,
         };
+        let failed = match &fetched {
+            Fetched::Failed(why) => Some(Arc::clone(why)),
+            _ => None,
+        };
+        let source = self.write_fetched(fetched, &packet, &query, plain, transport == Transport::Udp, out);
+        let rcode = out.get(3).map_or(2, |b| b & 0x0f);
+        if rcode == 2 {
+            // SERVFAIL: ours when nothing answered (and nothing stale was left), else passed on.
+            let cause = failed.as_deref().unwrap_or("the server asked answered SERVFAIL");
+            nodedns_common::client_error!(
+                client = %client,
+                name = wire::key_name(plain),
+                qtype = %respond::qtype_name(query.qtype),
+                rcode = "SERVFAIL",
+                cause,
+                "error answer sent"
+            );
+        }
+        respond::answered(
+            &Outcome {
+                transport,
+                qtype: query.qtype,
+                rcode,
+                source,
+                client,
+                started,
+                query: Some(query),
+                request_len: packet.len(),
+            },
+            &key,
+            out,
+            self.log_queries(),
+        );
+    }
+
+    /// A query a `--rewrite` rule matched: `target` is resolved as a client's own query for it
+    /// would be (cache, routes, ExternalName chase; no autopath), and the answer goes back under
+    /// the asked name ([`rewrite::answer_as_asked`]), cut to the client's UDP limit only then,
+    /// since the asked name may be longer than the target.
+    #[allow(clippy::too_many_arguments)]
+    async fn rewritten(
+        self: &Arc<Self>,
+        packet: &[u8],
+        key: &[u8],
+        query: Query,
+        target: &str,
+        client: SocketAddr,
+        transport: Transport,
+        started: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let mut tkey = Vec::new();
+        let tpacket =
+            autopath::candidate_query(packet, query.question_end, query.qtype, query.qclass, target);
+        let tquery = tpacket.as_deref().and_then(|p| wire::parse_query(p, &mut tkey).ok());
+        let mut cause = "the rewritten name's answer does not parse";
+        let mut source = Source::Error;
+        if let (Some(tpacket), Some(tquery)) = (tpacket, tquery) {
+            let fetched = self.cached_or_fetch(&tkey, &tpacket, client, transport).await;
+            if let Fetched::Failed(_) = &fetched {
+                cause = "no server answered for the rewritten name";
+            }
+            let mut answer = Vec::new();
+            source = self.write_fetched(fetched, &tpacket, &tquery, &tkey, false, &mut answer);
+            let limit = if transport == Transport::Udp { query.udp_limit() } else { usize::from(u16::MAX) };
+            match rewrite::answer_as_asked(&answer, packet, target, limit) {
+                Some(bytes) => {
+                    out.clear();
+                    out.extend_from_slice(&bytes);
+                }
+                None => source = Source::Error,
+            }
+        }
+        if source == Source::Error {
+            wire::error_response(packet, Some(&query), 2, out);
+        }
+        if out.get(3).map_or(2, |b| b & 0x0f) == 2 {
+            nodedns_common::client_error!(
+                client = %client,
+                name = wire::key_name(key),
+                qtype = %respond::qtype_name(query.qtype),
+                rcode = "SERVFAIL",
+                cause,
+                target,
+                "error answer sent"
+            );
+        }
+        respond::answered(
+            &Outcome {
+                transport,
+                qtype: query.qtype,
+                rcode: out.get(3).map_or(2, |b| b & 0x0f),
+                source,
+                client,
+                started,
+                query: Some(query),
+                request_len: packet.len(),
+            },
+            key,
+            out,
+            self.log_queries(),
+        );
+    }
+
+    /// Writes what a fetch brought into `out` for the client's `query`; when it failed, the
+    /// stale answer under `key` (the plain key), else SERVFAIL.
+    fn write_fetched(
+        &self,
+        fetched: Fetched,
+        packet: &[u8],
+        query: &Query,
+        key: &[u8],
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) -> Source {
         let now = Instant::now();
-        let udp = transport == Transport::Udp;
-        let source = match fetched {
+        match fetched {
             Fetched::Entry(entry) => {
-                entry.write(&packet, &query, now, false, udp, out);
+                self.write(&entry, packet, query, now, false, udp, out);
                 Source::Fetched
             }
             Fetched::Raw(raw) => {
@@ -328,29 +630,61 @@ impl Resolver {
                         .copy_from_slice(&packet[wire::HEADER..query.question_end]);
                 }
                 if udp && out.len() > query.udp_limit() {
-                    wire::truncate(out, &query);
+                    wire::truncate(out, query);
                 }
                 Source::Fetched
             }
-            Fetched::Failed(why) => match self.cache.lookup(plain, now) {
+            Fetched::Failed(why) => match self.cache.lookup(key, now) {
                 // RFC 8767: the source cannot answer, the stale answer is better than none.
                 Lookup::Stale(entry) | Lookup::Fresh(entry) => {
-                    entry.write(&packet, &query, now, true, udp, out);
+                    tracing::debug!(name = wire::key_name(key), cause = %why, "serving stale");
+                    self.write(&entry, packet, query, now, true, udp, out);
                     Source::Stale
                 }
                 Lookup::Miss => {
-                    tracing::debug!(name = wire::key_name(&key), why, "SERVFAIL");
-                    wire::error_response(&packet, Some(&query), 2, out);
+                    tracing::debug!(name = wire::key_name(key), cause = %why, "SERVFAIL");
+                    wire::error_response(packet, Some(query), 2, out);
                     Source::Error
                 }
             },
+        }
+    }
+
+    /// ExternalName: completes `response`, an authoritative answer to `packet` ending in a CNAME
+    /// to `target` (found by [`chase::dangling_target`], and outside the caller's zones), with
+    /// the target's records of the asked type, resolved through the routes and the cache
+    /// (stub domains included) as a client's own query for it would be. `None` leaves the
+    /// response as it is: no route takes the target, or it could not be resolved (the client's
+    /// resolver may still follow the alias itself). The combined answer's TTLs are the alias's
+    /// and the target's as aged in the cache, so whatever caches it keeps it no longer than the
+    /// shorter.
+    pub async fn chase(
+        self: &Arc<Self>,
+        packet: &[u8],
+        response: &[u8],
+        target: &str,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        if !self.routes.load().takes(target) {
+            return None;
+        }
+        let query = wire::parse_query(packet, &mut Vec::new()).ok()?;
+        let tpacket =
+            autopath::candidate_query(packet, query.question_end, query.qtype, query.qclass, target)?;
+        let mut tkey = Vec::new();
+        let tquery = wire::parse_query(&tpacket, &mut tkey).ok()?;
+        let tail = match self.fetch_target(tkey, tpacket.clone(), client, transport).await {
+            Fetched::Entry(entry) => {
+                let mut bytes = Vec::new();
+                entry.write(&tpacket, &tquery, Instant::now(), false, false, &mut bytes);
+                bytes
+            }
+            // Not cacheable: a TTL of 0 is still an answer; an error leaves the alias alone.
+            Fetched::Raw(raw) => raw.to_vec(),
+            Fetched::Failed(_) => return None,
         };
-        let rcode = out.get(3).map_or(2, |b| b & 0x0f);
-        respond::answered(
-            &Outcome { transport, qtype: query.qtype, rcode, source, client, started },
-            &key,
-            self.log_queries(),
-        );
+        chase::append(response, &tail)
     }
 
     /// Our probe came back: a forwarding loop. Logged at most once a minute, counted always;
@@ -385,7 +719,7 @@ impl Resolver {
 
     /// Refreshes a popular entry before it expires (the walk again for an autopath answer).
     pub async fn prefetch(self: &Arc<Self>, miss: Miss, client: SocketAddr, transport: Transport) {
-        let Miss { packet, key, query, autopath } = miss;
+        let Miss { packet, key, query, autopath, .. } = miss;
         crate::respond::prefetched();
         let plain = autopath::untagged(&key, autopath);
         match if autopath { self.autopath(plain, client) } else { None } {
@@ -467,6 +801,20 @@ impl Resolver {
         first
     }
 
+    /// [`Resolver::cached_or_fetch`] for a chased target, boxed: the fetch of the authority's
+    /// answer awaits this fetch of the target, and the compiler sees that loop's futures are
+    /// Send only through a future of declared type.
+    fn fetch_target(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        packet: Vec<u8>,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> BoxFuture<'static, Fetched> {
+        let this = Arc::clone(self);
+        async move { this.cached_or_fetch(&key, &packet, client, transport).await }.boxed()
+    }
+
     /// A fresh cached answer for `key`, else a fetch.
     async fn cached_or_fetch(
         self: &Arc<Self>,
@@ -511,7 +859,7 @@ impl Resolver {
     }
 
     async fn fetch_once(
-        &self,
+        self: &Arc<Self>,
         key: &[u8],
         packet: &[u8],
         client: SocketAddr,
@@ -521,36 +869,82 @@ impl Resolver {
         // One set of forwarders for the route and the forwarding, whatever a reload swaps in.
         let routes = self.routes();
         let route = routes.route(&qname, &self.authority);
+        // Why there is no answer, for the error log (only a failure formats it).
         let result = match route {
             Route::Authority => {
                 self.authority.resolve(packet, client.ip(), transport == Transport::Tcp).await.map_err(|e| {
                     tracing::debug!(name = qname, error = %e, "authority could not answer");
-                    "authority"
+                    format!("authority: {e}")
                 })
             }
             Route::Stub(i) => match routes.stubs.get(i) {
-                Some((_, stub)) => stub.forward(packet).await.map_err(|_| "stub domain"),
-                None => Err("stub domain"),
+                Some((zone, stub)) => {
+                    stub.forward(packet).await.map_err(|e| format!("stub domain {zone}: {e}"))
+                }
+                None => Err("stub domain".to_owned()),
             },
-            Route::Upstream => routes.upstream.forward(packet).await.map_err(|_| "upstream"),
+            Route::Upstream => routes.upstream.forward(packet).await.map_err(|e| format!("upstream: {e}")),
+        };
+        let result = match result {
+            // An ExternalName's alias to a name outside the cluster: completed here, through the
+            // node's routes (the authority answers only its zones).
+            Ok(response) if route == Route::Authority => {
+                let whole = match chase::dangling_target(&response) {
+                    Some(target) if !self.authority.view().zones.iter().any(|z| in_zone(&target, z)) => {
+                        self.chase(packet, &response, &target, client, transport).await
+                    }
+                    _ => None,
+                };
+                Ok(whole.unwrap_or(response))
+            }
+            other => other,
         };
         match result {
             // Nothing shorter than a header is passed on: the id and flags could not be set.
-            Ok(response) if response.len() < wire::HEADER => Fetched::Failed("answer shorter than a header"),
+            Ok(response) if response.len() < wire::HEADER => {
+                Fetched::Failed(Arc::from(format!("{route:?}: answer shorter than a header").as_str()))
+            }
             Ok(response) => {
                 match self.cache.insert(key, &response, Instant::now(), route == Route::Authority) {
                     Some(entry) => Fetched::Entry(entry),
                     None => Fetched::Raw(Arc::new(response)),
                 }
             }
-            Err(why) => Fetched::Failed(why),
+            Err(why) => Fetched::Failed(Arc::from(why.as_str())),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::in_zone;
+    use super::{Route, Routes, in_zone};
+    use crate::authority_client::AuthorityLink;
+    use crate::upstream::Forwarder;
+    use std::time::Duration;
+
+    #[test]
+    fn the_most_specific_zone_routes_and_a_stub_wins_a_tie() {
+        let forwarder = || Forwarder::new(&["127.0.0.1:53".parse().unwrap()], Duration::from_secs(1), "t");
+        let stubs = ["example.", "cluster.local.", "corp.example."];
+        let routes = Routes::new(forwarder(), stubs.iter().map(|z| (z.to_string(), forwarder())).collect());
+        let announced = ["cluster.local.", "corp.example.", "in.corp.example.", "other.test."];
+        let link = AuthorityLink::new(
+            Duration::from_secs(1),
+            announced.map(String::from).to_vec(),
+            Default::default(),
+        );
+        let stub = |zone: &str| Route::Stub(routes.stubs.iter().position(|(z, _)| z == zone).unwrap());
+        for (name, want) in [
+            ("www.other.test.", Route::Authority),
+            ("www.example.", stub("example.")),
+            ("www.corp.example.", stub("corp.example.")),
+            ("a.in.corp.example.", Route::Authority),
+            ("a.svc.cluster.local.", stub("cluster.local.")),
+            ("example.com.", Route::Upstream),
+        ] {
+            assert_eq!(routes.route(name, &link), want, "{name}");
+        }
+    }
 
     #[test]
     fn zones_contain_names_at_label_boundaries() {

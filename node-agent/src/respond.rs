@@ -12,7 +12,7 @@ use metrics::{Counter, counter};
 use nodedns_common::telemetry::{FastHistogram, render_histograms};
 
 use crate::request::Transport;
-use crate::wire;
+use crate::wire::{self, Query};
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,10 @@ pub struct Outcome {
     pub source: Source,
     pub client: SocketAddr,
     pub started: Instant,
+    /// The query as parsed; `None` when it did not parse (FORMERR, NOTIMP).
+    pub query: Option<Query>,
+    /// Bytes of the query.
+    pub request_len: usize,
 }
 
 /// The `rcode` label's slot: NOERROR..REFUSED by number, then OTHER, then BADVERS (16, an
@@ -83,8 +87,62 @@ fn type_index(qtype: u16) -> usize {
     TYPES.iter().position(|(t, _)| *t == qtype).unwrap_or(TYPES.len())
 }
 
-fn type_name(qtype: u16) -> &'static str {
-    TYPES.get(type_index(qtype)).map_or("other", |(_, n)| *n)
+/// A query type for the query log: its name if it is one of [`TYPES`], else `TYPE<n>` (RFC
+/// 3597), unlike the metric label's `other`.
+struct TypeName(u16);
+
+impl std::fmt::Display for TypeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match TYPES.get(type_index(self.0)) {
+            Some((_, name)) => f.write_str(name),
+            None => write!(f, "TYPE{}", self.0),
+        }
+    }
+}
+
+/// A query type by name, for log lines.
+pub fn qtype_name(qtype: u16) -> impl std::fmt::Display {
+    TypeName(qtype)
+}
+
+/// A query class for the query log (`IN`, else its name or `CLASS<n>`).
+struct ClassName(u16);
+
+impl std::fmt::Display for ClassName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            1 => f.write_str("IN"),
+            3 => f.write_str("CH"),
+            4 => f.write_str("HS"),
+            255 => f.write_str("ANY"),
+            n => write!(f, "CLASS{n}"),
+        }
+    }
+}
+
+/// The header flags of a response as CoreDNS's `log` writes `{>rflags}`: `qr,aa,tc,rd,ra,ad,cd`,
+/// those set only; from the third and fourth header bytes. The authority's query log writes them
+/// with this too.
+pub struct ResponseFlags(pub u8, pub u8);
+
+impl std::fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bits = [
+            (self.0 & 0x80, "qr"),
+            (self.0 & 0x04, "aa"),
+            (self.0 & 0x02, "tc"),
+            (self.0 & 0x01, "rd"),
+            (self.1 & 0x80, "ra"),
+            (self.1 & 0x20, "ad"),
+            (self.1 & 0x10, "cd"),
+        ];
+        let mut sep = "";
+        for (_, name) in bits.iter().filter(|(set, _)| *set != 0) {
+            write!(f, "{sep}{name}")?;
+            sep = ",";
+        }
+        Ok(())
+    }
 }
 
 /// Metric handles registered once: counting an answer is a few atomic adds, no registry lookup.
@@ -133,7 +191,11 @@ fn handles() -> &'static Handles {
     })
 }
 
-pub fn answered(o: &Outcome, key: &[u8], log: bool) {
+/// Counts the answer `response` (as sent) to the query of `o` (cache key `key`), and writes the
+/// query log line when `log`: the fields of CoreDNS's `log` plugin (`{remote}:{port} {>id}
+/// {type} {class} {name} {proto} {size} {>do} {>bufsize} {rcode} {>rflags} {rsize} {duration}`)
+/// as fields, so `--log-format json` has them as keys.
+pub fn answered(o: &Outcome, key: &[u8], response: &[u8], log: bool) {
     let h = handles();
     let proto = usize::from(o.transport == Transport::Tcp);
     let family = usize::from(!o.client.is_ipv4());
@@ -148,14 +210,27 @@ pub fn answered(o: &Outcome, key: &[u8], log: bool) {
     let took = o.started.elapsed();
     h.duration[proto].record(took);
     if log {
+        let header = |i: usize| response.get(i).copied().unwrap_or(0);
+        let name = match o.query {
+            Some(_) => wire::key_name(key),
+            None => String::new(),
+        };
         tracing::info!(
             client = %o.client,
+            id = u16::from_be_bytes([header(0), header(1)]),
+            qtype = %TypeName(o.qtype),
+            qclass = %ClassName(o.query.map_or(0, |q| q.qclass)),
+            name,
             proto = if proto == 1 { "tcp" } else { "udp" },
-            name = wire::key_name(key),
-            qtype = type_name(o.qtype),
+            size = o.request_len,
+            dnssec_ok = o.query.is_some_and(|q| q.dnssec_ok),
+            // What the client said it takes over UDP: 512 without EDNS (RFC 1035).
+            bufsize = o.query.map_or(512, |q| q.edns.unwrap_or(512)),
             rcode = rcode_name(o.rcode),
-            source = o.source.as_str(),
+            rflags = %ResponseFlags(header(2), header(3)),
+            rsize = response.len(),
             duration_us = took.as_micros() as u64,
+            source = o.source.as_str(),
             "query"
         );
     }

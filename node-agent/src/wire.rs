@@ -143,7 +143,7 @@ fn pointer(msg: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Skips a possibly compressed name at `at`, returning the offset after it.
-fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+pub(crate) fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *msg.get(at)?;
         match len & 0xc0 {

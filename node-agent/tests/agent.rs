@@ -409,17 +409,23 @@ async fn config_reloads_under_load_fail_no_query() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (a, b) = (FakeUpstream::start().await.unwrap(), FakeUpstream::start().await.unwrap());
     let dir = TempDir::new("agent-reload-load");
-    // Alternate the upstream, the cache bound (shrinking it evicts), the TTL cap and the query log.
+    // Alternate the upstream, the cache bound (shrinking it evicts), the TTL cap, the query log
+    // and where a rewritten name goes.
     let settings = |n: usize| {
         let odd = !n.is_multiple_of(2);
         let (up, bytes) = if odd { (b.addr, 65536) } else { (a.addr, 33554432) };
-        format!("upstream: ['{up}']\ncache-bytes: {bytes}\nmax-ttl: {}\nlog-queries: {odd}\n", 300 + n)
+        let to = if odd { "hot.load.test" } else { "other.load.test" };
+        format!(
+            "upstream: ['{up}']\ncache-bytes: {bytes}\nmax-ttl: {}\nlog-queries: {odd}\nrewrite: ['exact:alias.load.test={to}']\n",
+            300 + n
+        )
     };
     let config = dir.write("agent.yaml", &settings(0));
     let s = start(&["--config", config.to_str().unwrap()]).await;
 
-    // 2,000 queries one after another, half of them new names (misses, forwarded), half one
-    // name (cache hits); each must be answered, with its id, NOERROR and the address.
+    // 2,000 queries one after another, half of them new names (misses, forwarded), the rest one
+    // name (cache hits) and, every 4th, a rewritten name; each must be answered, with its id,
+    // NOERROR, the address and the asked name.
     let (dns, done) = (s.dns, Arc::new(AtomicBool::new(false)));
     let client = {
         let done = Arc::clone(&done);
@@ -429,7 +435,11 @@ async fn config_reloads_under_load_fail_no_query() {
             let mut failures = Vec::new();
             let mut buf = vec![0u8; 4096];
             for i in 0..2000u16 {
-                let name = if i % 2 == 0 { format!("q{i}.load.test.") } else { "hot.load.test.".to_owned() };
+                let name = match i % 4 {
+                    0 | 2 => format!("q{i}.load.test."),
+                    1 => "hot.load.test.".to_owned(),
+                    _ => "alias.load.test.".to_owned(),
+                };
                 let query = build(&name, "A", i, None).unwrap().bytes;
                 let reply = socket.send_to(&query, dns).and_then(|_| socket.recv(&mut buf));
                 let ok = match reply {
@@ -437,6 +447,7 @@ async fn config_reloads_under_load_fail_no_query() {
                         m.metadata.id == i
                             && m.metadata.response_code == ResponseCode::NoError
                             && addresses(&m) == ["192.0.2.1"]
+                            && m.answers.iter().all(|r| r.name.to_ascii() == name)
                     }),
                     Err(_) => false,
                 };

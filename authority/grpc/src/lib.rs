@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use metrics::{counter, gauge, histogram};
+use nodedns_common::tls::ReloadingServerConfig;
 use nodedns_proto::v1::authority_server::{Authority, AuthorityServer};
 use nodedns_proto::v1::subscribe_response::Event;
 use nodedns_proto::v1::{
@@ -65,7 +66,7 @@ pub struct Service {
 type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The metric names this service records, with their help text, for the binary's exporter.
-pub const METRICS: [(&str, &str); 5] = [
+pub const METRICS: [(&str, &str); 7] = [
     ("nodedns_grpc_streams", "Open gRPC streams by RPC (Subscribe: connected agents)."),
     ("nodedns_grpc_requests_total", "Resolve requests and Subscribe calls by RPC and result."),
     ("nodedns_grpc_updates_sent_total", "Subscribe messages sent, by kind (snapshot, update, draining)."),
@@ -74,6 +75,11 @@ pub const METRICS: [(&str, &str); 5] = [
         "nodedns_grpc_subscribe_lag_seconds",
         "Time from a change being published to its update being handed to the agent's stream.",
     ),
+    (
+        "nodedns_grpc_tls_handshake_failures_total",
+        "gRPC connections closed in or for a TLS handshake that failed.",
+    ),
+    ("nodedns_grpc_tls_reloads_total", "Rebuilds of the gRPC TLS config after its files changed, by result."),
 ];
 
 fn client_ip(bytes: &[u8]) -> IpAddr {
@@ -375,10 +381,26 @@ impl Authority for Service {
     }
 }
 
-/// Serves gRPC on `listener` until `stop`, with HTTP/2 keepalive so dead agents are noticed.
+/// Serves gRPC on `listener` until `stop`, in plain text, with HTTP/2 keepalive so dead agents are
+/// noticed.
 pub async fn serve_grpc(
     listener: std::net::TcpListener,
     service: Service,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    serve_grpc_with(listener, service, None, stop).await
+}
+
+/// How long a client has to finish the TLS handshake before its connection is closed.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves gRPC on `listener` until `stop`; over TLS when `tls` is given (with agents' certificates
+/// required when it has a client CA). The TLS config is asked for at each accepted connection, so
+/// rotated certificate files apply to new connections without a restart.
+pub async fn serve_grpc_with(
+    listener: std::net::TcpListener,
+    service: Service,
+    tls: Option<Arc<ReloadingServerConfig>>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
@@ -390,15 +412,63 @@ pub async fn serve_grpc(
                 return Ok(());
             }
         };
-    info!(addr = ?addr, "gRPC serving nodedns.v1.Authority");
-    // TCP_NODELAY on every accepted connection: the builder's `tcp_nodelay` applies only to
-    // listeners tonic binds itself. Without it, an answer written right after another waits for
-    // the agent's delayed ACK (40 ms) under Nagle: seen as a 40 ms tail on concurrent misses.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AuthorityServer::new(service))
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
+        .add_service(AuthorityServer::new(service));
+    let Some(tls) = tls else {
+        info!(addr = ?addr, "gRPC serving nodedns.v1.Authority (plain text)");
+        // TCP_NODELAY on every accepted connection: the builder's `tcp_nodelay` applies only to
+        // listeners tonic binds itself. Without it, an answer written right after another waits
+        // for the agent's delayed ACK (40 ms) under Nagle: seen as a 40 ms tail on concurrent misses.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        return server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await;
+    };
+    let files = tls.files();
+    info!(
+        addr = ?addr,
+        cert = %files.cert.path.display(),
+        client_ca = ?files.client_ca.as_ref().map(|ca| ca.path.display().to_string()),
+        "gRPC serving nodedns.v1.Authority over TLS{}",
+        if files.client_ca.is_some() { ", agents' certificates required" } else { " (no client certificates asked)" }
+    );
+    // Handshakes run beside the accept loop, so one slow or silent client delays nobody; the
+    // finished ones queue for the server.
+    let (tx, rx) = mpsc::channel::<Result<_, std::io::Error>>(64);
+    let accept_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = accept_stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        counter!("nodedns_grpc_tls_handshake_failures_total").increment(1);
+                        warn!(agent = %peer, error = %e, "gRPC TLS handshake refused");
+                    }
+                    Err(_) => {
+                        counter!("nodedns_grpc_tls_handshake_failures_total").increment(1);
+                        debug!(agent = %peer, "gRPC TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    server.serve_with_incoming_shutdown(ReceiverStream::new(rx), stop.cancelled_owned()).await
 }

@@ -45,7 +45,8 @@ impl ZoneIndex {
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
         let zone = self.zone_of(qname)?;
         let mut answer = Answer::default();
-        if self.config.wildcards && zone.kind == ZoneKind::Cluster && has_star(zone, qname) {
+        let wild = self.config.wildcards && zone.kind == ZoneKind::Cluster && has_star(zone, qname);
+        if wild && !self.overlay.contains_key(qname) {
             self.wildcard(zone, qname, qtype, &mut answer);
         } else {
             self.resolve(zone, qname, qtype, &mut answer, 0);
@@ -97,6 +98,13 @@ impl ZoneIndex {
     }
 
     fn find<'a>(&'a self, zone: &'a Zone, qname: &Name) -> Found<'a> {
+        // Custom records own their exact name (see `ZoneIndex::build_with`). One hash of the name,
+        // and only when there are any.
+        if !self.overlay.is_empty()
+            && let Some(node) = self.overlay.get(qname)
+        {
+            return Found::Node(node);
+        }
         let below = labels_below(qname, &zone.apex);
         let mut labels: Vec<&[u8]> = qname.iter().take(below).collect();
         labels.reverse();
@@ -191,10 +199,25 @@ impl ZoneIndex {
         let zone = self.zones.iter().find(|z| &z.apex == apex)?;
         let mut out = vec![zone.soa.clone()];
         walk(&zone.root, &zone.apex, &mut |owner, node| {
+            if self.overlay.contains_key(owner) {
+                return;
+            }
             for set in node.rrsets.iter().filter(|s| s.rtype != RecordType::SOA) {
                 push_set(owner, set, &mut out);
             }
         });
+        // The custom records that own names of this zone, in place of what they hide.
+        let mut custom: Vec<(&Name, &Node)> = self
+            .overlay
+            .iter()
+            .filter(|(owner, _)| self.zone_of(owner).is_some_and(|z| z.apex == zone.apex))
+            .collect();
+        custom.sort_by(|a, b| a.0.cmp(b.0));
+        for (owner, node) in custom {
+            for set in &node.rrsets {
+                push_set(owner, set, &mut out);
+            }
+        }
         out.push(zone.soa.clone());
         Some(out)
     }

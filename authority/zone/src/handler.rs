@@ -75,10 +75,25 @@ pub struct Served {
     pub dropped: Option<DropReason>,
     /// The response was cut to fit the client's UDP size (TC set).
     pub truncated: bool,
+    /// What the query said of itself, for the query log.
+    pub asked: Asked,
+}
+
+/// The facts of a query the query log writes beside its answer (CoreDNS `log`'s `{class}`,
+/// `{size}`, `{>do}`, `{>bufsize}`); copied, never allocated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// The query's class (0 when the question did not parse).
+    pub qclass: u16,
+    /// Bytes of the query.
+    pub size: usize,
+    pub dnssec_ok: bool,
+    /// The UDP size the client takes: its EDNS payload size, 512 without EDNS (RFC 1035).
+    pub bufsize: u16,
 }
 
 impl Served {
-    fn dropped(reason: DropReason) -> Self {
+    fn dropped(reason: DropReason, size: usize) -> Self {
         Served {
             messages: Vec::new(),
             rcode: None,
@@ -86,6 +101,7 @@ impl Served {
             qname: None,
             dropped: Some(reason),
             truncated: false,
+            asked: Asked { size, bufsize: 512, ..Asked::default() },
         }
     }
 }
@@ -108,32 +124,39 @@ struct Request {
 /// Serves one wire-format query.
 pub fn serve(index: &ZoneIndex, bytes: &[u8], ctx: &Context<'_>) -> Served {
     if bytes.len() < 12 {
-        return Served::dropped(DropReason::TooShort);
+        return Served::dropped(DropReason::TooShort, bytes.len());
     }
     let id = u16::from_be_bytes([bytes[0], bytes[1]]);
     if bytes[2] & 0x80 != 0 {
-        return Served::dropped(DropReason::NotAQuery);
+        return Served::dropped(DropReason::NotAQuery, bytes.len());
     }
     let opcode = OpCode::from_u8((bytes[2] >> 3) & 0x0f);
     let qdcount = u16::from_be_bytes([bytes[4], bytes[5]]);
     if opcode != OpCode::Query {
         // RFC 1035 §4.1.1: NOTIMP for kinds of query we do not support.
-        return header_only(id, opcode, ResponseCode::NotImp);
+        return header_only(id, opcode, ResponseCode::NotImp, bytes.len());
     }
     if qdcount != 1 {
-        return header_only(id, opcode, ResponseCode::FormErr);
+        return header_only(id, opcode, ResponseCode::FormErr, bytes.len());
     }
     let message = match Message::from_vec(bytes) {
         Ok(m) => m,
-        Err(_) => return header_only(id, opcode, ResponseCode::FormErr),
+        Err(_) => return header_only(id, opcode, ResponseCode::FormErr, bytes.len()),
     };
     let Some(query) = message.queries.first().cloned() else {
-        return header_only(id, opcode, ResponseCode::FormErr);
+        return header_only(id, opcode, ResponseCode::FormErr, bytes.len());
     };
     let edns = message.edns.clone();
     let request = Request { message, query, edns };
     let decision = decide(index, &request, ctx);
-    render(&request, decision, ctx)
+    let mut served = render(&request, decision, ctx);
+    served.asked = Asked {
+        qclass: u16::from(request.query.query_class()),
+        size: bytes.len(),
+        dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        bufsize: request.edns.as_ref().map_or(512, Edns::max_payload),
+    };
+    served
 }
 
 fn decide(index: &ZoneIndex, req: &Request, ctx: &Context<'_>) -> Decision {
@@ -174,10 +197,14 @@ fn render(req: &Request, decision: Decision, ctx: &Context<'_>) -> Served {
         messages: Vec::with_capacity(1),
         rcode: None,
         qtype: Some(qtype),
-        qname: (ctx.describe || matches!(qtype, RecordType::AXFR | RecordType::IXFR))
-            .then(|| req.query.name().clone()),
+        // Error answers are logged whether or not queries are, and name the query.
+        qname: (ctx.describe
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+            || matches!(decision, Decision::Error(_)))
+        .then(|| req.query.name().clone()),
         dropped: None,
         truncated: false,
+        asked: Asked::default(),
     };
     let mut msg = response_to(req);
     match decision {
@@ -253,7 +280,7 @@ fn response_to(req: &Request) -> Message {
     msg
 }
 
-fn header_only(id: u16, opcode: OpCode, rcode: ResponseCode) -> Served {
+fn header_only(id: u16, opcode: OpCode, rcode: ResponseCode, size: usize) -> Served {
     let mut msg = Message::new(id, MessageType::Response, opcode);
     msg.metadata.response_code = rcode;
     Served {
@@ -263,6 +290,7 @@ fn header_only(id: u16, opcode: OpCode, rcode: ResponseCode) -> Served {
         qname: None,
         dropped: None,
         truncated: false,
+        asked: Asked { size, bufsize: 512, ..Asked::default() },
     }
 }
 

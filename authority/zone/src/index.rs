@@ -1,6 +1,6 @@
-//! The zone index: every record of the cluster zone and the reverse zones, built from a
-//! [`ClusterState`] whenever the cluster changes, so a lookup is a walk of a few hash maps instead of
-//! a scan of objects.
+//! The zone index: every record of the cluster zone, the reverse zones and the custom records'
+//! zones, built from a [`ClusterState`] (and [`CustomRecords`]) whenever they change, so a lookup
+//! is a walk of a few hash maps instead of a scan of objects.
 //!
 //! Each zone is a tree of lower-cased labels below its apex. A node that exists with no records is an
 //! empty non-terminal, so NXDOMAIN versus NODATA (RFC 2308 §2) falls out of the tree's shape.
@@ -18,6 +18,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
+use crate::custom::{CustomRecords, CustomZone};
 use crate::model::{ClusterState, Endpoint, EndpointSlice, Namespace, Pod, Port, Service, ServiceKind};
 
 /// How `<dashed-ip>.<ns>.pod.<zone>` names are answered (CoreDNS `pods`).
@@ -59,6 +60,9 @@ pub struct ZoneConfig {
     pub wildcards: bool,
     /// Addresses of `ns.dns.<zone>`, the target of the apex NS record.
     pub ns_addresses: Vec<IpAddr>,
+    /// Name an endpoint without a hostname after its pod (CoreDNS `endpoint_pod_names`) rather
+    /// than its dashed address, when the pod's name is a single DNS label.
+    pub endpoint_pod_names: bool,
 }
 
 impl Default for ZoneConfig {
@@ -70,6 +74,7 @@ impl Default for ZoneConfig {
             reverse_cidrs: None,
             wildcards: false,
             ns_addresses: Vec::new(),
+            endpoint_pod_names: false,
         }
     }
 }
@@ -111,6 +116,18 @@ impl Data {
                 RData::SRV(SRV::new(0, *weight, *port, Name::clone(target)))
             }
             Data::Other(d) => RData::clone(d),
+        }
+    }
+
+    /// The index's form of any record data.
+    pub(crate) fn from_rdata(data: &RData) -> Self {
+        match data {
+            RData::A(a) => Data::A(a.0),
+            RData::AAAA(a) => Data::Aaaa(a.0),
+            RData::CNAME(n) => Data::Name(Arc::new(n.0.clone())),
+            RData::NS(n) => Data::Name(Arc::new(n.0.clone())),
+            RData::PTR(n) => Data::Name(Arc::new(n.0.clone())),
+            other => Data::Other(Box::new(other.clone())),
         }
     }
 
@@ -193,6 +210,8 @@ impl Node {
 pub enum ZoneKind {
     Cluster,
     Reverse,
+    /// Declared by the custom records (`--custom-records`).
+    Custom,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +220,8 @@ pub(crate) struct Zone {
     pub(crate) kind: ZoneKind,
     pub(crate) root: Arc<Node>,
     pub(crate) soa: Record,
+    /// The SOA is the operator's (a custom zone's file gives it): its serial is theirs too.
+    fixed_soa: bool,
     /// Kept as the tree changes, so stats cost nothing.
     nodes: usize,
     records: usize,
@@ -247,10 +268,58 @@ impl Zone {
             data: vec![Data::Name(Arc::new(mname))],
             refs: vec![1],
         });
-        Zone { apex, kind, root: Arc::new(root), soa, nodes: 1, records: 2 }
+        Zone { apex, kind, root: Arc::new(root), soa, fixed_soa: false, nodes: 1, records: 2 }
+    }
+
+    /// A zone of the custom records: the file's SOA, or one naming the cluster zone's `ns.dns`
+    /// (the authority serves it) with the index's serial. Its NS records come from the file; a
+    /// file that gives none gets one NS, the cluster zone's `ns.dns`, so the apex answers as
+    /// every zone's does.
+    fn custom(zone: &CustomZone, config: &ZoneConfig, serial: u32, has_ns: bool) -> Self {
+        let cluster = config.cluster_domain.to_lowercase();
+        let label = |l: &str| {
+            Name::from_ascii(l).expect("static label").append_domain(&cluster).expect("apex names are short")
+        };
+        let mname = label("ns.dns");
+        let (soa, fixed_soa) = match &zone.soa {
+            Some(soa) => (soa.clone(), true),
+            None => {
+                let ttl = config.ttl;
+                let data = SOA::new(mname.clone(), label("hostmaster"), serial, 7200, 1800, 86400, ttl);
+                (Record::from_rdata(zone.apex.clone(), ttl, RData::SOA(data)), false)
+            }
+        };
+        let mut root = Node { pins: 1, ..Default::default() };
+        root.rrsets.push(RrSet {
+            rtype: RecordType::SOA,
+            ttl: soa.ttl,
+            data: vec![Data::Other(Box::new(soa.data.clone()))],
+            refs: vec![1],
+        });
+        if !has_ns {
+            root.rrsets.push(RrSet {
+                rtype: RecordType::NS,
+                ttl: config.ttl,
+                data: vec![Data::Name(Arc::new(mname))],
+                refs: vec![1],
+            });
+        }
+        let records = root.rrsets.len();
+        Zone {
+            apex: zone.apex.clone(),
+            kind: ZoneKind::Custom,
+            root: Arc::new(root),
+            soa,
+            fixed_soa,
+            nodes: 1,
+            records,
+        }
     }
 
     fn set_serial(&mut self, serial: u32) {
+        if self.fixed_soa {
+            return;
+        }
         if let RData::SOA(soa) = &mut self.soa.data {
             soa.serial = serial;
         }
@@ -357,6 +426,9 @@ pub struct ZoneIndex {
     pub(crate) complete: bool,
     /// The CIDRs PTR records are served for (configured, or derived at the last full build).
     pub(crate) reverse_cidrs: Vec<IpNet>,
+    /// Custom records owned by names in the cluster and reverse zones, by owner: they answer
+    /// for their exact name before the zone's tree does (see [`ZoneIndex::build_with`]).
+    pub(crate) overlay: Arc<HashMap<Name, Node>>,
 }
 
 /// Size figures of an index, for logs and metrics.
@@ -417,7 +489,26 @@ impl ZoneIndex {
         self.complete
     }
 
+    /// The index of `state` with no custom records.
     pub fn build(state: &ClusterState, config: &ZoneConfig, serial: u32) -> Self {
+        Self::build_with(state, config, &CustomRecords::default(), serial)
+    }
+
+    /// The index of `state` and the custom records `custom`.
+    ///
+    /// A custom record in a zone of its own goes into that zone's tree. One in the cluster zone
+    /// or a reverse zone wins over the generated records for the exact name it owns, as CoreDNS's
+    /// `hosts` placed before `kubernetes` does: the name answers from the custom records only
+    /// (NODATA with the zone's SOA for a type they lack, never NXDOMAIN), while names below it
+    /// still come from the cluster. Its name is pinned in the tree, so the names above it exist
+    /// (NODATA, not NXDOMAIN; RFC 8020). At a zone's apex, which holds the SOA and NS, custom
+    /// records join the generated ones instead.
+    pub fn build_with(
+        state: &ClusterState,
+        config: &ZoneConfig,
+        custom: &CustomRecords,
+        serial: u32,
+    ) -> Self {
         let reverse_cidrs = config.reverse_cidrs.clone().unwrap_or_else(|| default_reverse_cidrs(state));
         let mut zones =
             vec![Zone::new(config.cluster_domain.to_lowercase(), ZoneKind::Cluster, config.ttl, serial)];
@@ -427,8 +518,23 @@ impl ZoneIndex {
                 zones.push(Zone::new(apex, ZoneKind::Reverse, config.ttl, serial));
             }
         }
+        // A declared zone that is also a generated one stays generated; its records overlay it.
+        for zone in custom.zones() {
+            if !zones.iter().any(|z| z.apex == zone.apex) {
+                let has_ns =
+                    custom.records().iter().any(|r| r.name == zone.apex && r.record_type() == RecordType::NS);
+                zones.push(Zone::custom(zone, config, serial, has_ns));
+            }
+        }
         zones.sort_by_key(|z| std::cmp::Reverse(z.apex.iter().count()));
-        let mut index = ZoneIndex { zones, config: config.clone(), serial, complete: true, reverse_cidrs };
+        let mut index = ZoneIndex {
+            zones,
+            config: config.clone(),
+            serial,
+            complete: true,
+            reverse_cidrs,
+            overlay: Arc::default(),
+        };
         let contributions = Contributions::new(&index.config, &index.reverse_cidrs);
         let mut all = contributions.fixed();
         for ns in state.namespaces.values() {
@@ -450,10 +556,47 @@ impl ZoneIndex {
         for c in &all {
             index.add(c);
         }
+        index.add_custom(custom);
         for zone in &mut index.zones {
             Node::shrink(&mut zone.root);
         }
         index
+    }
+
+    /// Places the custom records (see [`ZoneIndex::build_with`]).
+    fn add_custom(&mut self, custom: &CustomRecords) {
+        let mut overlay: HashMap<Name, Node> = HashMap::new();
+        for r in custom.records() {
+            let Some(zone) = self.zone_for_mut(&r.name) else { continue };
+            let c = Contribution::Record {
+                owner: r.name.clone(),
+                rtype: r.record_type(),
+                ttl: r.ttl,
+                data: Data::from_rdata(&r.data),
+            };
+            if zone.kind == ZoneKind::Custom || zone.apex == r.name {
+                zone.add(&c);
+                continue;
+            }
+            let node = overlay.entry(r.name.clone()).or_insert_with(|| {
+                zone.add(&Contribution::Pin(r.name.clone()));
+                Node::default()
+            });
+            let Contribution::Record { rtype, ttl, data, .. } = c else { continue };
+            match node.rrsets.iter_mut().find(|s| s.rtype == rtype) {
+                Some(set) => {
+                    set.data.push(data);
+                    set.refs.push(1);
+                }
+                None => node.rrsets.push(RrSet { rtype, ttl, data: vec![data], refs: vec![1] }),
+            }
+        }
+        self.overlay = Arc::new(overlay);
+    }
+
+    /// Records held by the overlay.
+    fn overlay_records(&self) -> usize {
+        self.overlay.values().map(|n| n.rrsets.iter().map(|s| s.data.len()).sum::<usize>()).sum()
     }
 
     fn zone_for_mut(&mut self, owner: &Name) -> Option<&mut Zone> {
@@ -518,7 +661,9 @@ impl ZoneIndex {
     }
 
     pub fn stats(&self) -> IndexStats {
-        self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
+        let start =
+            IndexStats { zones: self.zones.len(), records: self.overlay_records(), ..Default::default() };
+        self.zones.iter().fold(start, |mut s, z| {
             s.nodes += z.nodes;
             s.records += z.records;
             s
@@ -527,7 +672,9 @@ impl ZoneIndex {
 
     /// [`ZoneIndex::stats`] counted by walking every tree (to check the running counts).
     pub fn stats_walked(&self) -> IndexStats {
-        self.zones.iter().fold(IndexStats { zones: self.zones.len(), ..Default::default() }, |mut s, z| {
+        let start =
+            IndexStats { zones: self.zones.len(), records: self.overlay_records(), ..Default::default() };
+        self.zones.iter().fold(start, |mut s, z| {
             let (n, r) = z.root.count();
             s.nodes += n;
             s.records += r;
@@ -693,7 +840,7 @@ impl<'c> Contributions<'c> {
         for slice in slices {
             for ep in slice.endpoints.iter().filter(|e| e.ready) {
                 for ip in &ep.addresses {
-                    if let Some(name) = endpoint_name(ep, ip, &svc_name) {
+                    if let Some(name) = endpoint_name(ep, ip, &svc_name, self.config.endpoint_pod_names) {
                         let name = Arc::clone(names.entry(name.clone()).or_insert_with(|| Arc::new(name)));
                         ready.push((name, *ip, &slice.ports));
                     }
@@ -756,8 +903,12 @@ impl<'c> Contributions<'c> {
     }
 }
 
-fn endpoint_name(ep: &Endpoint, ip: &IpAddr, svc_name: &Name) -> Option<Name> {
-    let host = ep.hostname.clone().unwrap_or_else(|| dashed(ip));
+/// An endpoint's record name: its hostname, else (with `pod_names`) its pod's name when that is one
+/// label of at most 63 characters (pod names may hold dots), else its dashed address.
+fn endpoint_name(ep: &Endpoint, ip: &IpAddr, svc_name: &Name, pod_names: bool) -> Option<Name> {
+    let pod =
+        ep.target_pod.as_ref().filter(|p| pod_names && p.len() <= 63 && !p.is_empty() && !p.contains('.'));
+    let host = ep.hostname.clone().or_else(|| pod.cloned()).unwrap_or_else(|| dashed(ip));
     Name::from_ascii(host.to_ascii_lowercase()).ok()?.append_domain(svc_name).ok()
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::custom::CustomRecords;
 use crate::feed::{Feed, Gap, Pending, Snapshot, Update};
 use crate::index::{Contribution, Contributions, IndexStats, ZoneConfig, ZoneIndex, changed_owners};
 use crate::model::{ClusterState, Kind, Object, ObjectKey, Pod, ServiceKind};
@@ -236,6 +237,8 @@ struct Inner {
     state: ClusterState,
     /// The index being changed; snapshots of it are published (they share unchanged nodes).
     working: ZoneIndex,
+    /// The custom records every full build includes.
+    custom: Arc<CustomRecords>,
 }
 
 /// What a batch of edits changes, taken before it is applied.
@@ -267,7 +270,11 @@ impl ClusterStore {
         let domain = config.cluster_domain.to_lowercase().to_ascii();
         let feed = Feed::new(domain.trim_end_matches('.').to_owned(), zone_names(&index));
         Arc::new(Self {
-            inner: Mutex::new(Inner { state: ClusterState::default(), working: index.clone() }),
+            inner: Mutex::new(Inner {
+                state: ClusterState::default(),
+                working: index.clone(),
+                custom: Arc::default(),
+            }),
             config: ArcSwap::from_pointee(config),
             index: ArcSwap::from_pointee(index),
             generation: watch::channel(0).0,
@@ -301,7 +308,7 @@ impl ClusterStore {
             self.index.store(Arc::new(inner.working.clone()));
             return None;
         }
-        inner.working = ZoneIndex::build(&inner.state, &config, self.next_serial());
+        inner.working = ZoneIndex::build_with(&inner.state, &config, &inner.custom, self.next_serial());
         let index = Arc::new(inner.working.clone());
         Some(self.publish(index, false, started, false, Pending::Everything))
     }
@@ -362,7 +369,8 @@ impl ClusterStore {
         if !self.is_synced() {
             // The first complete cluster: no agent follows an earlier one, so no diff.
             inner.state = new;
-            inner.working = ZoneIndex::build(&inner.state, &self.config.load(), self.next_serial());
+            inner.working =
+                ZoneIndex::build_with(&inner.state, &self.config.load(), &inner.custom, self.next_serial());
             let index = Arc::new(inner.working.clone());
             return Some(self.publish(index, true, started, false, Pending::Reset(&inner.state)));
         }
@@ -373,6 +381,32 @@ impl ClusterStore {
         let before = self.before(&inner, affected);
         inner.state = new;
         Some(self.finish(&mut inner, before, true, started))
+    }
+
+    /// Serves new custom records (`--custom-records`): the index is rebuilt with them and agents
+    /// are told the owner names whose records changed; zones that appear or go reach them with
+    /// the new zone list (the feed sees the index's zones change). Returns `None` when the
+    /// records are the ones served, or when no complete cluster is loaded yet (the first one is
+    /// built with them).
+    pub fn set_custom(&self, custom: Arc<CustomRecords>) -> Option<Published> {
+        let started = Instant::now();
+        let mut inner = self.lock();
+        if inner.custom == custom {
+            return None;
+        }
+        let (old, new) = (inner.custom.by_owner(), custom.by_owner());
+        let changed = old.iter().filter(|(owner, records)| new.get(*owner) != Some(records));
+        let added = new.keys().filter(|owner| !old.contains_key(*owner));
+        let names: BTreeSet<String> = changed.map(|(owner, _)| owner).chain(added).cloned().collect();
+        drop((old, new));
+        inner.custom = custom;
+        if !self.is_synced() {
+            return None;
+        }
+        let serial = self.next_serial();
+        inner.working = ZoneIndex::build_with(&inner.state, &self.config.load(), &inner.custom, serial);
+        let index = Arc::new(inner.working.clone());
+        Some(self.publish(index, false, started, false, Pending::Changes { names, pods: Vec::new() }))
     }
 
     /// Applies a batch of changes: patched in place when every edit is about single objects,
@@ -406,7 +440,7 @@ impl ClusterStore {
         let serial = self.next_serial();
         let config = self.config.load();
         if rebuild {
-            inner.working = ZoneIndex::build(&inner.state, &config, serial);
+            inner.working = ZoneIndex::build_with(&inner.state, &config, &inner.custom, serial);
         }
         let reverse = inner.working.reverse_cidrs.clone();
         let contributions = Contributions::new(&config, &reverse);
@@ -500,5 +534,37 @@ mod tests {
         assert_eq!(store.config().cluster_domain.to_ascii(), "cluster.local.", "the cluster domain stays");
         let update = store.changes_since(revision, "node-1").unwrap();
         assert!(update.subtrees.contains("cluster.local."), "{update:?}");
+    }
+
+    #[test]
+    fn new_custom_records_name_their_owners_and_announce_their_zones() {
+        let store = ClusterStore::new(ZoneConfig::default());
+        let domain = store.config().cluster_domain.clone();
+        let custom = |text: &str| Arc::new(crate::custom::parse_custom(text, &domain, 5).unwrap());
+        let first = custom("a.cluster.local. A 10.9.0.1\n");
+        assert!(store.set_custom(Arc::clone(&first)).is_none(), "nothing loaded: kept for the first build");
+        store.replace(Vec::new()).unwrap();
+        let a = Name::from_ascii("a.cluster.local.").unwrap();
+        assert_eq!(store.index().lookup(&a, RecordType::A).unwrap().answers.len(), 1);
+        assert!(store.set_custom(first).is_none(), "the same records change nothing");
+
+        let revision = store.revision();
+        let p = store.set_custom(custom(
+            "a.cluster.local. A 10.9.0.1\nb.cluster.local. A 10.9.0.2\n$ORIGIN corp.example.\nwww A 192.0.2.1\n",
+        ));
+        assert!(p.is_some_and(|p| !p.incremental));
+        let update = store.changes_since(revision, "node-1").unwrap();
+        let names: Vec<&str> = update.names.iter().map(String::as_str).collect();
+        assert_eq!(names, ["b.cluster.local.", "www.corp.example."], "a.cluster.local. did not change");
+        let zones = update.zones.expect("the zone list changed");
+        assert!(zones.contains(&"corp.example.".to_owned()) && zones.contains(&"cluster.local.".to_owned()));
+        assert!(update.subtrees.contains("corp.example."), "answers cached from upstreams go");
+
+        let revision = store.revision();
+        store.set_custom(custom("")).unwrap();
+        let update = store.changes_since(revision, "node-1").unwrap();
+        assert!(update.names.contains("a.cluster.local."), "{update:?}");
+        assert!(!update.zones.unwrap().contains(&"corp.example.".to_owned()));
+        assert!(store.index().lookup(&a, RecordType::A).unwrap().answers.is_empty());
     }
 }

@@ -6,7 +6,7 @@ use hickory_proto::rr::{Name, RecordType};
 use nodedns_testsupport::corpus::present;
 use nodedns_zone::file::parse_cluster;
 use nodedns_zone::model::ClusterState;
-use nodedns_zone::{PodsMode, ZoneConfig, ZoneIndex};
+use nodedns_zone::{PodsMode, ZoneConfig, ZoneIndex, ZoneKind, parse_custom};
 use std::str::FromStr;
 
 const CLUSTER: &str = r#"
@@ -413,4 +413,221 @@ fn transfer_lists_every_record_between_soas() {
     }
     assert_eq!(text.iter().filter(|t| t.contains(" SOA ")).count(), 2);
     assert!(idx.transfer(&Name::from_ascii("svc.cluster.local.").unwrap()).is_none(), "not an apex");
+}
+
+/// Custom records (`--custom-records`) in the cluster zone and in zones of their own.
+const CUSTOM: &str = r#"
+; hosts-style: a name of its own, and an existing service's name taken over.
+registry.cluster.local.         A     10.9.0.1
+web.ns1.svc.cluster.local.      TXT   "custom"
+deep.extra.ns1.svc.cluster.local. A   10.9.0.2
+$ORIGIN corp.example.
+@        MX    10 mail
+mail     60    A     192.0.2.25
+www            CNAME mail
+txt            TXT   "v=spf1 -all"
+a.b            A     192.0.2.7
+$ORIGIN example.org.
+@   3600 SOA   ns1.example.org. admin.example.org. 2024010101 7200 900 1209600 30
+@        NS    ns1.example.org.
+ns1      A     192.0.2.53
+"#;
+
+fn custom_index(config: ZoneConfig) -> ZoneIndex {
+    let parsed = parse_cluster(CLUSTER).map_err(|e| e.to_string()).unwrap();
+    let custom = parse_custom(CUSTOM, &config.cluster_domain, config.ttl).map_err(|e| e.to_string()).unwrap();
+    ZoneIndex::build_with(&ClusterState::from_objects(parsed.objects), &config, &custom, 42)
+}
+
+const CORP_SOA: &str =
+    "corp.example. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 42 7200 1800 86400 5";
+const ORG_SOA: &str =
+    "example.org. 3600 IN SOA ns1.example.org. admin.example.org. 2024010101 7200 900 1209600 30";
+
+#[test]
+fn custom_records_in_the_cluster_zone_win_for_their_exact_name() {
+    run(
+        &custom_index(config()),
+        &[
+            case("registry.cluster.local. A", OK, &["registry.cluster.local. 5 IN A 10.9.0.1"], &[]),
+            case("registry.cluster.local. AAAA", OK, &[], &[SOA]),
+            // The name's custom records answer alone: the service's A is hidden (NODATA).
+            case(
+                "web.ns1.svc.cluster.local. TXT",
+                OK,
+                &["web.ns1.svc.cluster.local. 5 IN TXT \"custom\""],
+                &[],
+            ),
+            case("web.ns1.svc.cluster.local. A", OK, &[], &[SOA]),
+            // Names below it still come from the cluster.
+            case(
+                "pod-a.web.ns1.svc.cluster.local. A",
+                OK,
+                &["pod-a.web.ns1.svc.cluster.local. 5 IN A 10.1.0.1"],
+                &[],
+            ),
+            // Above a custom name: an empty non-terminal (NODATA), not NXDOMAIN.
+            case("extra.ns1.svc.cluster.local. A", OK, &[], &[SOA]),
+            case(
+                "deep.extra.ns1.svc.cluster.local. A",
+                OK,
+                &["deep.extra.ns1.svc.cluster.local. 5 IN A 10.9.0.2"],
+                &[],
+            ),
+            case("other.cluster.local. A", NX, &[], &[SOA]),
+        ],
+    );
+}
+
+#[test]
+fn custom_zones_answer_with_their_own_soa() {
+    let idx = custom_index(config());
+    let zones: Vec<(String, ZoneKind)> = idx.zones().map(|(n, k)| (n.to_ascii(), k)).collect();
+    assert!(zones.contains(&("corp.example.".into(), ZoneKind::Custom)), "{zones:?}");
+    assert!(zones.contains(&("example.org.".into(), ZoneKind::Custom)), "{zones:?}");
+    run(
+        &idx,
+        &[
+            Case {
+                q: "corp.example. MX",
+                rcode: OK,
+                answer: &["corp.example. 5 IN MX 10 mail.corp.example."],
+                authority: &[],
+                additional: &[],
+            },
+            case("mail.corp.example. A", OK, &["mail.corp.example. 60 IN A 192.0.2.25"], &[]),
+            case(
+                "WWW.corp.example. A",
+                OK,
+                &[
+                    "WWW.corp.example. 60 IN CNAME mail.corp.example.",
+                    "mail.corp.example. 60 IN A 192.0.2.25",
+                ],
+                &[],
+            ),
+            // A TTL left out is the last one written (RFC 1035 §5.1), else `--ttl`.
+            case("txt.corp.example. TXT", OK, &["txt.corp.example. 60 IN TXT \"v=spf1 -all\""], &[]),
+            case("mail.corp.example. TXT", OK, &[], &[CORP_SOA]),
+            case("b.corp.example. A", OK, &[], &[CORP_SOA]),
+            case("missing.corp.example. A", NX, &[], &[CORP_SOA]),
+            // No SOA or NS in the file: the authority's own, the cluster zone's name server.
+            case("corp.example. SOA", OK, &[CORP_SOA], &[]),
+            Case {
+                q: "corp.example. NS",
+                rcode: OK,
+                answer: &["corp.example. 5 IN NS ns.dns.cluster.local."],
+                authority: &[],
+                additional: &["ns.dns.cluster.local. 5 IN A 10.0.0.53"],
+            },
+            // The file's SOA and NS, serial included.
+            case("example.org. SOA", OK, &[ORG_SOA], &[]),
+            Case {
+                q: "example.org. NS",
+                rcode: OK,
+                answer: &["example.org. 3600 IN NS ns1.example.org."],
+                authority: &[],
+                additional: &["ns1.example.org. 3600 IN A 192.0.2.53"],
+            },
+            case("nope.example.org. A", NX, &[], &[ORG_SOA]),
+        ],
+    );
+    assert!(idx.lookup(&Name::from_ascii("example.com.").unwrap(), RecordType::A).is_none(), "REFUSED");
+    let transfer: Vec<String> = idx
+        .transfer(&Name::from_ascii("corp.example.").unwrap())
+        .unwrap()
+        .iter()
+        .map(|r| present(r).join(" "))
+        .collect();
+    assert_eq!(transfer.first().map(String::as_str), Some(CORP_SOA));
+    assert!(transfer.contains(&"a.b.corp.example. 60 IN A 192.0.2.7".to_owned()), "{transfer:?}");
+    let cluster: Vec<String> = idx
+        .transfer(&Name::from_ascii("cluster.local.").unwrap())
+        .unwrap()
+        .iter()
+        .map(|r| present(r).join(" "))
+        .collect();
+    assert!(cluster.contains(&"web.ns1.svc.cluster.local. 5 IN TXT \"custom\"".to_owned()), "{cluster:?}");
+    assert!(
+        !cluster.contains(&"web.ns1.svc.cluster.local. 5 IN A 10.0.0.1".to_owned()),
+        "hidden by the custom record"
+    );
+}
+
+#[test]
+fn endpoint_pod_names_name_endpoints_without_a_hostname_after_their_pod() {
+    let cluster = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg, namespace: ns1}
+spec: {clusterIP: None, ports: [{name: db, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: pg-1, namespace: ns1, labels: {kubernetes.io/service-name: pg}}
+addressType: IPv4
+ports: [{name: db, port: 5432}]
+endpoints:
+- {addresses: [10.2.0.1], targetRef: {kind: Pod, name: pg-7d9f8-abcde, namespace: ns1}}
+- {addresses: [10.2.0.2], hostname: pg-0, targetRef: {kind: Pod, name: pg-0-pod, namespace: ns1}}
+- {addresses: [10.2.0.3], targetRef: {kind: Pod, name: dotted.pod.name, namespace: ns1}}
+- {addresses: [10.2.0.4]}
+"#;
+    let parsed = parse_cluster(cluster).map_err(|e| e.to_string()).unwrap();
+    let state = ClusterState::from_objects(parsed.objects);
+    let on = ZoneIndex::build(&state, &ZoneConfig { endpoint_pod_names: true, ..config() }, 42);
+    run(
+        &on,
+        &[
+            case(
+                "pg-7d9f8-abcde.pg.ns1.svc.cluster.local. A",
+                OK,
+                &["pg-7d9f8-abcde.pg.ns1.svc.cluster.local. 5 IN A 10.2.0.1"],
+                &[],
+            ),
+            case("10-2-0-1.pg.ns1.svc.cluster.local. A", NX, &[], &[SOA]),
+            // The hostname still wins; a pod name that is not one label, and no pod, keep the address.
+            case(
+                "pg-0.pg.ns1.svc.cluster.local. A",
+                OK,
+                &["pg-0.pg.ns1.svc.cluster.local. 5 IN A 10.2.0.2"],
+                &[],
+            ),
+            case("pg-0-pod.pg.ns1.svc.cluster.local. A", NX, &[], &[SOA]),
+            case(
+                "10-2-0-3.pg.ns1.svc.cluster.local. A",
+                OK,
+                &["10-2-0-3.pg.ns1.svc.cluster.local. 5 IN A 10.2.0.3"],
+                &[],
+            ),
+            case(
+                "10-2-0-4.pg.ns1.svc.cluster.local. A",
+                OK,
+                &["10-2-0-4.pg.ns1.svc.cluster.local. 5 IN A 10.2.0.4"],
+                &[],
+            ),
+            case(
+                "1.0.2.10.in-addr.arpa. PTR",
+                OK,
+                &["1.0.2.10.in-addr.arpa. 5 IN PTR pg-7d9f8-abcde.pg.ns1.svc.cluster.local."],
+                &[],
+            ),
+        ],
+    );
+    let off = ZoneIndex::build(&state, &config(), 42);
+    run(
+        &off,
+        &[
+            case(
+                "10-2-0-1.pg.ns1.svc.cluster.local. A",
+                OK,
+                &["10-2-0-1.pg.ns1.svc.cluster.local. 5 IN A 10.2.0.1"],
+                &[],
+            ),
+            case("pg-7d9f8-abcde.pg.ns1.svc.cluster.local. A", NX, &[], &[SOA]),
+        ],
+    );
 }
