@@ -182,6 +182,34 @@ mod tests {
         assert_eq!(a, Applied { changed: vec!["ttl"], restart: vec!["listen"] });
     }
 
+    /// A ConfigMap volume as kubelet writes it: `agent.yaml -> ..data/agent.yaml`, `..data` a
+    /// symlink to a timestamped directory, and an update that writes a new directory and swaps
+    /// `..data` by renaming a new symlink over it. The watched path never changes; its content does.
+    #[test]
+    fn a_configmap_symlink_swap_is_a_change() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("nodedns-configmap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let version = |n: u32, text: &str| {
+            let d = dir.join(format!("..2026_11_29_{n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("agent.yaml"), text).unwrap();
+            let tmp = dir.join("..data_tmp");
+            symlink(d.file_name().unwrap(), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        };
+        version(1, "timeout: 2\n");
+        let file = dir.join("agent.yaml");
+        symlink("..data/agent.yaml", &file).unwrap();
+        let before = Snapshot::take(std::slice::from_ref(&file));
+        assert_eq!(before, Snapshot::take(std::slice::from_ref(&file)), "nothing changed yet");
+        version(2, "timeout: 3\n");
+        let after = Snapshot::take(std::slice::from_ref(&file));
+        assert_ne!(before, after, "the swap is seen through the unchanged path");
+        assert_eq!(after.0[0].1.as_deref(), Some(&b"timeout: 3\n"[..]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Replaces `file` whole, as a ConfigMap update does (a reader never sees half of it).
     fn swap(file: &std::path::Path, text: &str) {
         let tmp = file.with_extension("tmp");

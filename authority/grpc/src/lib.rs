@@ -460,7 +460,9 @@ pub async fn serve_grpc_with(
                     }
                     Ok(Err(e)) => {
                         counter!("nodedns_grpc_tls_handshake_failures_total").increment(1);
-                        warn!(agent = %peer, error = %e, "gRPC TLS handshake refused");
+                        // Rate-limited with the other client-visible errors: a fleet of
+                        // misconfigured agents retrying would otherwise fill the disk.
+                        nodedns_common::client_error!(agent = %peer, error = %e, "gRPC TLS handshake refused");
                     }
                     Err(_) => {
                         counter!("nodedns_grpc_tls_handshake_failures_total").increment(1);
