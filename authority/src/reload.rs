@@ -1,15 +1,18 @@
 //! Configuration reload: the whole [`Config`] is resolved again from the saved flags and the
 //! re-read `--config` file (flags and environment still win), and what can change in a running
-//! authority is applied: zone settings (`ttl`, `pods`, `reverse-cidr`, `wildcards`,
-//! `ns-address`, `endpoint-pod-names`) rebuild and republish the zone, which also tells every agent to drop its
-//! cluster answers; `transfer-from`, `log-queries`, `no-rotate` and `rewrite` apply to the next query;
-//! forwarding (`upstream`, the `--resolv-conf` nameservers, `stub-domain`, `timeout`) gets new
-//! routes at once, with the servers' health marks kept, and `cache-bytes` bounds the cache anew. The
-//! `--custom-records` file is watched with `--config` and read again at every reload: new records
-//! rebuild the zone and agents are told the names that changed (and new zones); a file that does
-//! not parse fails the reload, naming its line, and the records served stay. The rest
-//! ([`crate::config::RESTART_KEYS`]) is logged as needing a restart. The polling, SIGHUP, logs and
-//! metric are `nodedns_common::reload`'s.
+//! authority is applied:
+//! - zone settings (`ttl`, `pods`, `reverse-cidr`, `wildcards`, `ns-address`,
+//!   `endpoint-pod-names`) rebuild and republish the zone, which also tells every agent to drop
+//!   its cluster answers;
+//! - `transfer-from`, `log-queries`, `no-rotate` and `rewrite` apply to the next query;
+//! - forwarding (`upstream`, the `--resolv-conf` nameservers, `stub-domain`, `timeout`) gets new
+//!   routes at once, with the servers' health marks kept, and `cache-bytes` bounds its cache anew;
+//! - the `--custom-records` file is watched with `--config` and read again at every reload: new
+//!   records rebuild the zone and agents are told the names that changed (and new zones); a file
+//!   that does not parse fails the reload, naming its line, and the records served stay.
+//!
+//! The rest ([`crate::config::RESTART_KEYS`]) is logged as needing a restart. The polling,
+//! SIGHUP, logs and metric are `nodedns_common::reload`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
