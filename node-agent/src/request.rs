@@ -739,7 +739,16 @@ impl Resolver {
     fn autopath(&self, key: &[u8], client: SocketAddr) -> Option<Vec<String>> {
         let view = self.authority.view();
         let pod = view.pods.get(&client.ip())?;
-        autopath::candidates(&wire::key_name(key), pod, &self.node)
+        let candidates = autopath::candidates(&wire::key_name(key), pod, &self.node)?;
+        // A walk fetches its candidates directly: one a `--rewrite` rule takes would be answered
+        // past the rule. Leave that walk to the pod, whose own query then meets the rule.
+        if self.rewriting.load(Ordering::Relaxed) {
+            let rules = self.rewrites.load();
+            if candidates.iter().any(|c| rules.target(c).is_some()) {
+                return None;
+            }
+        }
+        Some(candidates)
     }
 
     /// Autopath: the asked name, then each candidate until one is not NXDOMAIN; that one is

@@ -185,3 +185,28 @@ async fn with_autopath_off_the_pod_walks_its_own_search_list() {
     s.shutdown.cancel();
     s.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_name_is_not_autopathed_so_the_pods_own_query_meets_the_rule() {
+    let up = FakeUpstream::start().await.unwrap();
+    let s = start_with(up.addr, &["--rewrite", "exact:db.example=svc1.testns.svc.cluster.local"]).await;
+    let pod: SocketAddr = "127.0.0.50:0".parse().unwrap();
+    // The pod's first expansion: answered for itself (NXDOMAIN), not with a walk that would
+    // reach `db.example.` past the rule and take the upstream's answer for it.
+    let q = build("db.example.testns.svc.cluster.local.", "A", 1, None).unwrap().bytes;
+    let first = Message::from_vec(&udp_raw(s.dns, pod, &q).await.unwrap()).unwrap();
+    assert_eq!(first.metadata.response_code, ResponseCode::NXDomain, "{first:?}");
+    // Its own last attempt, the bare name, meets the rule: the Service's address, as asked.
+    let q = build("db.example.", "A", 2, None).unwrap().bytes;
+    let bare = Message::from_vec(&udp_raw(s.dns, pod, &q).await.unwrap()).unwrap();
+    assert_eq!(bare.answers.len(), 1, "{bare:?}");
+    assert_eq!(bare.answers[0].name.to_ascii(), "db.example.");
+    assert_eq!(bare.answers[0].data.to_string(), "10.0.0.1");
+    assert_eq!(up.queries(), 0, "db.example never went upstream");
+    // Names no rule touches are still walked for the pod.
+    let q = build("example.com.testns.svc.cluster.local.", "A", 3, None).unwrap().bytes;
+    let walked = Message::from_vec(&udp_raw(s.dns, pod, &q).await.unwrap()).unwrap();
+    assert_eq!(walked.answers[0].data.to_string(), "example.com.");
+    s.shutdown.cancel();
+    s.task.await.unwrap().unwrap();
+}
