@@ -1,10 +1,11 @@
 //! The agent's cache on any answer: a response from the authority or an upstream (any bytes) is
 //! laid out and stored under a query's key (`Cache::insert`: OPT stripped, TTL picked), then a hit
 //! is rewritten for a client (`Entry::write`: id, question case, RD, TTLs aged or stale, OPT,
-//! truncation) at some age. Then eviction by name, and the sweep. No panic, and: the hit carries
-//! the client's id and RD, fits the client's UDP size, is a well-formed response when the stored
-//! question is the client's, with every TTL at the stale TTL when served stale; a cluster answer is gone after
-//! a notice for its question name; nothing outlives ttl + stale window.
+//! truncation) at some age, and turned round-robin (`Entry::rotate`). Then eviction by name, and
+//! the sweep. No panic, and: the hit carries the client's id and RD, fits the client's UDP size,
+//! is a well-formed response when the stored question is the client's, with every TTL at the
+//! stale TTL when served stale; turning keeps what parses parsing, with as many records; a cluster
+//! answer is gone after a notice for its question name; nothing outlives ttl + stale window.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -44,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
     if udp {
         assert!(out.len() <= query.udp_limit(), "{} > {}", out.len(), query.udp_limit());
     }
-    if wire::parse_question_end(response) == Some(query.question_end) {
+    // The stored question is the client's (names compared case-insensitively, as the upstream
+    // forwarder checks before anything is cached; the authority answers the question asked).
+    let same_question = wire::parse_question_end(response) == Some(query.question_end)
+        && response[HEADER..query.question_end].eq_ignore_ascii_case(&packet[HEADER..query.question_end]);
+    if same_question {
         let layout = wire::layout(&out).expect("a hit for the same question is well-formed");
         // What a client's parser (hickory here) reads in the stored response, it reads in the hit.
         if hickory_proto::op::Message::from_vec(response).is_ok() {
@@ -63,6 +68,17 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(ttl, STALE_TTL);
                 }
             }
+        }
+    }
+    // The round-robin turn of the hit (as `--no-rotate` off does): the same records, moved in
+    // place; what parsed before still parses, a few turns on.
+    let parsed = hickory_proto::op::Message::from_vec(&out).map(|m| m.answers.len());
+    for _ in 0..3 {
+        entry.rotate(&mut out);
+        assert_eq!(out[..2], packet[..2], "the client's id after a turn");
+        if let Ok(answers) = &parsed {
+            let turned = hickory_proto::op::Message::from_vec(&out);
+            assert_eq!(turned.as_ref().map(|m| m.answers.len()).ok(), Some(*answers), "{turned:?}");
         }
     }
     let _ = entry.hit_wants_prefetch(now);
