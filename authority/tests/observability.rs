@@ -5,17 +5,15 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
-use nodedns_testsupport::client::{ask, build, http_get};
+use nodedns_testsupport::client::{ask, build};
+use nodedns_testsupport::logs::{JsonLogs, first_addr, http_get_blocking, message, wait_ready};
 use nodedns_testsupport::shared_dir;
-use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodedns-authority");
 /// A headless service of the conformance cluster with several ready IPv4 endpoints.
@@ -90,88 +88,31 @@ async fn srv_answers_turn_and_their_additional_records_still_name_the_targets() 
     assert!(firsts.len() >= 2, "ten SRV answers, one first target");
 }
 
-/// The authority binary, its stderr read line by line into a channel.
+/// The authority binary with JSON logs.
 struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    logs: JsonLogs,
     dns: SocketAddr,
     admin: SocketAddr,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn message(v: &Value) -> &str {
-    v["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// `127.0.0.1:5353` out of `[127.0.0.1:5353]` or `Some(127.0.0.1:9153)`.
-fn first_addr(text: &str) -> SocketAddr {
-    let inner = text.trim_start_matches("Some(").trim_start_matches('[');
-    let end = inner.find([',', ']', ')']).unwrap_or(inner.len());
-    inner[..end].trim().parse().unwrap_or_else(|e| panic!("{text:?}: {e}"))
-}
-
 fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(http_get(admin, path)).unwrap_or((0, String::new()))
+    http_get_blocking(admin, path).unwrap_or((0, String::new()))
 }
 
 impl Running {
     fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["--cluster-file", &fixture(), "--dns-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the authority");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let unset = "0.0.0.0:0".parse().unwrap();
-        let mut running = Running { child, lines, seen: Vec::new(), dns: unset, admin: unset };
-        let up = running.wait_for("the start-up line", |v| message(v) == "nodedns-authority serving");
+            .args(extra);
+        let mut logs = JsonLogs::spawn(command);
+        let up = logs.wait_for("the start-up line", |v| message(v) == "nodedns-authority serving");
         assert_eq!(up["fields"]["version"], env!("CARGO_PKG_VERSION"), "{up}");
-        running.dns = first_addr(up["fields"]["dns"].as_str().unwrap());
-        running.admin = first_addr(up["fields"]["admin"].as_str().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(running.admin, "/ready").0 != 200 {
-            assert!(Instant::now() < deadline, "the authority's /ready within 20 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        running
-    }
-
-    /// The next log line (JSON) for which `want` holds, within 10 s.
-    fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("{what}: no such log line within 10 s; lines so far:\n{}", self.seen.join("\n"))
-            });
-            self.seen.push(line.clone());
-            let value: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("every log line is JSON with --log-format json ({e}): {line}"));
-            if want(&value) {
-                return value;
-            }
-        }
+        let dns = first_addr(up["fields"]["dns"].as_str().unwrap());
+        let admin = first_addr(up["fields"]["admin"].as_str().unwrap());
+        wait_ready(admin, "the authority");
+        Running { logs, dns, admin }
     }
 }
 
@@ -192,7 +133,7 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_a_line() {
     let len = query.len();
     query[len - 4] |= 0x80; // DO, in the OPT record's flags
     let answer = exchange(&client, server.dns, &query);
-    let line = server.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4242);
+    let line = server.logs.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4242);
     let f = &line["fields"];
     assert_eq!(f["client"], client.local_addr().unwrap().to_string(), "{line}");
     assert_eq!((f["qtype"].as_str(), f["qclass"].as_str()), (Some("A"), Some("IN")), "{line}");
@@ -211,7 +152,7 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_a_line() {
     malformed[5] = 2;
     let answer = exchange(&client, server.dns, &malformed);
     assert_eq!(answer[3] & 0x0f, 1, "FORMERR");
-    let warn = server.wait_for("the FORMERR line", |v| message(v) == "error answer sent");
+    let warn = server.logs.wait_for("the FORMERR line", |v| message(v) == "error answer sent");
     assert_eq!(warn["level"], "WARN");
     assert_eq!(warn["fields"]["rcode"], "FORMERR");
     assert_eq!(warn["fields"]["cause"], "malformed query");

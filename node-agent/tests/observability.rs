@@ -4,10 +4,8 @@
 //! `nodedns_build_info` on `/metrics`.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -15,7 +13,8 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
 use nodedns_agent::config::{Args, Config};
 use nodedns_agent::{Agent, Listeners};
-use nodedns_testsupport::client::{build, http_get, udp_raw};
+use nodedns_testsupport::client::{build, udp_raw};
+use nodedns_testsupport::logs::{JsonLogs, first_addr, http_get_blocking, message, wait_ready};
 use nodedns_testsupport::{TempDir, shared_dir};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -111,22 +110,12 @@ async fn cached_srv_answers_turn_and_their_additional_records_still_name_the_tar
     assert!(firsts.len() >= 2, "ten SRV answers, one first target");
 }
 
-/// The agent binary, its stderr read line by line into a channel.
+/// The agent binary with JSON logs.
 struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Every line read so far.
-    seen: Vec<String>,
+    logs: JsonLogs,
     dns: SocketAddr,
     admin: SocketAddr,
     _dir: TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Running {
@@ -136,89 +125,24 @@ impl Running {
         let dir = TempDir::new("agent-logs");
         let fixture = std::fs::read_to_string(shared_dir().join("conformance/cluster.yaml")).unwrap();
         let cluster = dir.write("cluster.yaml", &fixture);
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["--standalone-cluster-file", cluster.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the agent");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut running = Running {
-            child,
-            lines,
-            seen: Vec::new(),
-            dns: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            _dir: dir,
-        };
+            .args(extra);
+        let mut logs = JsonLogs::spawn(command);
         // The start-up block names the addresses the kernel gave (port 0) and the version.
-        let up = running.wait_for("the start-up line", |v| message(v) == "nodedns-agent serving");
+        let up = logs.wait_for("the start-up line", |v| message(v) == "nodedns-agent serving");
         assert_eq!(up["fields"]["version"], env!("CARGO_PKG_VERSION"), "{up}");
-        running.dns = first_addr(up["fields"]["listen"].as_str().unwrap());
-        running.admin = first_addr(up["fields"]["admin"].as_str().unwrap());
-        let admin = running.admin;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready(admin) {
-            assert!(Instant::now() < deadline, "the agent's /ready within 20 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        running
+        let dns = first_addr(up["fields"]["listen"].as_str().unwrap());
+        let admin = first_addr(up["fields"]["admin"].as_str().unwrap());
+        wait_ready(admin, "the agent");
+        Running { logs, dns, admin, _dir: dir }
     }
-
-    /// The next log line (JSON) for which `want` holds, within 10 s.
-    fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("{what}: no such log line within 10 s; lines so far:\n{}", self.seen.join("\n"))
-            });
-            self.seen.push(line.clone());
-            let value: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("every log line is JSON with --log-format json ({e}): {line}"));
-            if want(&value) {
-                return value;
-            }
-        }
-    }
-
-    /// Every line read so far for which `want` holds.
-    fn count(&self, want: impl Fn(&Value) -> bool) -> usize {
-        self.seen.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| want(v)).count()
-    }
-}
-
-fn message(v: &Value) -> &str {
-    v["fields"]["message"].as_str().unwrap_or_default()
-}
-
-/// `127.0.0.1:5353` out of `[127.0.0.1:5353]` or `Some(127.0.0.1:9254)`.
-fn first_addr(text: &str) -> SocketAddr {
-    let inner = text.trim_start_matches("Some(").trim_start_matches('[');
-    let end = inner.find([',', ']', ')']).unwrap_or(inner.len());
-    inner[..end].trim().parse().unwrap_or_else(|e| panic!("{text:?}: {e}"))
-}
-
-fn ready(admin: SocketAddr) -> bool {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(http_get(admin, "/ready")).is_ok_and(|(status, _)| status == 200)
 }
 
 fn metrics(admin: SocketAddr) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(http_get(admin, "/metrics")).unwrap().1
+    http_get_blocking(admin, "/metrics").unwrap().1
 }
 
 /// Sends `query` from `socket` and returns the answer (5 s at most).
@@ -244,7 +168,7 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_rate_limited_line
     let len = query.len();
     query[len - 4] |= 0x80;
     let answer = exchange(&client, agent.dns, &query);
-    let line = agent.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4242);
+    let line = agent.logs.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4242);
     let f = &line["fields"];
     assert_eq!(f["client"], client.local_addr().unwrap().to_string(), "{line}");
     assert_eq!(f["qtype"], "A");
@@ -267,7 +191,7 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_rate_limited_line
     let servfail = build("gone.example.test.", "AAAA", 7, None).unwrap().bytes;
     let answer = exchange(&client, agent.dns, &servfail);
     assert_eq!(answer[3] & 0x0f, 2, "SERVFAIL");
-    let warn = agent.wait_for("the SERVFAIL line", |v| message(v) == "error answer sent");
+    let warn = agent.logs.wait_for("the SERVFAIL line", |v| message(v) == "error answer sent");
     let f = &warn["fields"];
     assert_eq!(warn["level"], "WARN");
     assert_eq!((f["name"].as_str(), f["qtype"].as_str()), (Some("gone.example.test."), Some("AAAA")));
@@ -286,25 +210,22 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_rate_limited_line
     }
     let last = build(HEADLESS, "A", 4343, None).unwrap().bytes;
     client.send_to(&last, agent.dns).unwrap();
-    agent.wait_for("the query line after the flood", |v| message(v) == "query" && v["fields"]["id"] == 4343);
+    agent
+        .logs
+        .wait_for("the query line after the flood", |v| message(v) == "query" && v["fields"]["id"] == 4343);
     let seconds = began.elapsed().as_secs() + 2;
     let formerr = |v: &Value| message(v) == "error answer sent" && v["fields"]["rcode"] == "FORMERR";
-    let written = agent.count(formerr);
+    let written = agent.logs.count(formerr);
     // At most 10 lines in any second the flood touched (it usually takes one or two).
     assert!((1..300).contains(&written), "{written} FORMERR lines for 300 errors");
     assert!(written as u64 <= 10 * seconds, "{written} FORMERR lines in under {seconds} s");
-    let queries = agent.count(|v| message(v) == "query" && v["fields"]["rcode"] == "FORMERR");
+    let queries = agent.logs.count(|v| message(v) == "query" && v["fields"]["rcode"] == "FORMERR");
     assert_eq!(queries, 300, "the query log still has every one");
 
     // Error lines in later seconds say how many were left out: every error is accounted for,
     // written or reported suppressed.
     let suppressed = |agent: &Running| -> u64 {
-        agent
-            .seen
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["fields"]["suppressed"].as_u64())
-            .sum()
+        agent.logs.seen().filter_map(|v| v["fields"]["suppressed"].as_u64()).sum()
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while suppressed(&agent) + (written as u64) < 300 {
@@ -316,7 +237,7 @@ fn the_query_log_has_coredns_log_fields_as_json_and_errors_get_rate_limited_line
         std::thread::sleep(Duration::from_millis(200));
         client.send_to(&malformed, agent.dns).unwrap();
         client.send_to(&last, agent.dns).unwrap();
-        agent.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4343);
+        agent.logs.wait_for("the query line", |v| message(v) == "query" && v["fields"]["id"] == 4343);
     }
 
     let text = metrics(agent.admin);

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod corpus;
+pub mod logs;
 pub mod manifests;
 pub mod tls;
 pub mod upstream;
