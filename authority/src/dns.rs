@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use nodedns_agent::respond::ResponseFlags;
-use nodedns_agent::rewrite::{self, Rewrites};
+use nodedns_agent::rewrite::{self, LiveRewrites};
 use nodedns_agent::wire as agent_wire;
 use nodedns_grpc::TransferAcl;
 use nodedns_zone::{ClusterStore, Context, Served, Transport, serve};
@@ -125,10 +124,8 @@ pub struct Shared {
     pub rotate: AtomicBool,
     /// Answers turned so far: each turns its RRsets one step on from the last.
     pub turns: AtomicU32,
-    /// `--rewrite` rules, swapped by a config reload; `rewriting` says whether there are any, so
-    /// a query pays one relaxed load without them.
-    pub rewriting: AtomicBool,
-    pub rewrites: ArcSwap<Rewrites>,
+    /// `--rewrite` rules, swapped by a config reload.
+    pub rewrites: LiveRewrites,
 }
 
 impl Shared {
@@ -152,16 +149,10 @@ impl Shared {
         served
     }
 
-    /// The rules from now on (a config reload).
-    pub fn set_rewrites(&self, rewrites: Rewrites) {
-        self.rewriting.store(!rewrites.is_empty(), Ordering::Relaxed);
-        self.rewrites.store(Arc::new(rewrites));
-    }
-
     /// The name a `--rewrite` rule resolves instead of the one `packet` asks, if any (never for
     /// a zone transfer: the zone's records keep their names).
     fn rewrite_target(&self, packet: &[u8]) -> Option<String> {
-        if !self.rewriting.load(Ordering::Relaxed) {
+        if !self.rewrites.any() {
             return None;
         }
         let mut key = Vec::new();
@@ -169,7 +160,7 @@ impl Shared {
         if matches!(query.qtype, 251 | 252) {
             return None;
         }
-        self.rewrites.load().target(&agent_wire::key_name(&key))
+        self.rewrites.target(&agent_wire::key_name(&key))
     }
 
     /// A query a `--rewrite` rule matched, answered as the query for `target` would be (the

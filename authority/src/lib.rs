@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use nodedns_agent::rewrite::LiveRewrites;
 use nodedns_common::reload::{Reloads, Snapshot};
 use nodedns_common::tls::ReloadingServerConfig;
 use nodedns_zone::file_source::{FileSource, SourceError};
@@ -200,8 +201,7 @@ impl Authority {
             tasks: tracker.clone(),
             rotate: AtomicBool::new(!self.config.no_rotate),
             turns: AtomicU32::new(0),
-            rewriting: AtomicBool::new(!self.config.rewrites.is_empty()),
-            rewrites: ArcSwap::from_pointee(self.config.rewrites.clone()),
+            rewrites: LiveRewrites::new(self.config.rewrites.clone()),
         });
         // Forwarded answers turn as the zones' do (or not, with --no-rotate).
         shared.forwarding.resolver.set_rotate(!self.config.no_rotate);

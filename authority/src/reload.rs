@@ -86,7 +86,7 @@ impl Reloader {
             self.shared.log_queries.store(new.log_queries, Ordering::Relaxed);
         }
         if live("rewrite") {
-            self.shared.set_rewrites(new.rewrites.clone());
+            self.shared.rewrites.set(new.rewrites.clone());
         }
         if live("no-rotate") {
             self.shared.rotate.store(!new.no_rotate, Ordering::Relaxed);

@@ -24,7 +24,7 @@ use crate::cache::{Cache, Entry, Lookup};
 use crate::chase;
 use crate::config::ResolvConf;
 use crate::respond::{self, Outcome, Source};
-use crate::rewrite::{self, Rewrites};
+use crate::rewrite::{self, LiveRewrites, Rewrites};
 use crate::upstream::Forwarder;
 use crate::wire::{self, Query, Reject};
 
@@ -112,10 +112,8 @@ pub struct Resolver {
     autopath: AtomicBool,
     /// Whether answers come round-robin (not `--no-rotate`).
     rotate: AtomicBool,
-    /// `--rewrite` rules, swapped whole by a reload; `rewriting` says whether there are any, so
-    /// the hit path pays one relaxed load without them.
-    rewrites: ArcSwap<Rewrites>,
-    rewriting: AtomicBool,
+    /// `--rewrite` rules, swapped whole by a reload.
+    rewrites: LiveRewrites,
     /// The node's resolv.conf: its search domains join the pods' for autopath.
     pub node: ResolvConf,
     inflight: Mutex<HashMap<Box<[u8]>, InFlight>>,
@@ -186,8 +184,7 @@ impl Resolver {
             log_queries: AtomicBool::new(log_queries),
             autopath: AtomicBool::new(autopath),
             rotate: AtomicBool::new(true),
-            rewrites: ArcSwap::from_pointee(Rewrites::default()),
-            rewriting: AtomicBool::new(false),
+            rewrites: LiveRewrites::default(),
             node,
             inflight: Mutex::default(),
             probe: wire::encode_name(&probe_name()).unwrap_or_default().into_boxed_slice(),
@@ -229,8 +226,7 @@ impl Resolver {
 
     /// The `--rewrite` rules from now on (a config reload).
     pub fn set_rewrites(&self, rewrites: Rewrites) {
-        self.rewriting.store(!rewrites.is_empty(), Ordering::Relaxed);
-        self.rewrites.store(Arc::new(rewrites));
+        self.rewrites.set(rewrites);
     }
 
     /// Round-robin answers on or off (`--no-rotate`); on unless set.
@@ -350,8 +346,8 @@ impl Resolver {
             }
             // A `--rewrite` rule's name: resolved off the receive loop as the rewritten name
             // (one relaxed load here when there are no rules).
-            if self.rewriting.load(Ordering::Relaxed)
-                && let Some(target) = self.rewrites.load().target(&wire::key_name(key))
+            if self.rewrites.any()
+                && let Some(target) = self.rewrites.target(&wire::key_name(key))
             {
                 let key = key.as_slice().into();
                 return Step::Miss(Miss {
@@ -742,11 +738,8 @@ impl Resolver {
         let candidates = autopath::candidates(&wire::key_name(key), pod, &self.node)?;
         // A walk fetches its candidates directly: one a `--rewrite` rule takes would be answered
         // past the rule. Leave that walk to the pod, whose own query then meets the rule.
-        if self.rewriting.load(Ordering::Relaxed) {
-            let rules = self.rewrites.load();
-            if candidates.iter().any(|c| rules.target(c).is_some()) {
-                return None;
-            }
+        if self.rewrites.any() && candidates.iter().any(|c| self.rewrites.target(c).is_some()) {
+            return None;
         }
         Some(candidates)
     }

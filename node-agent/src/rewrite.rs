@@ -6,6 +6,10 @@
 //! back. The request path asks [`Rewrites::target`] for every query (a length check when there
 //! are no rules); only rewritten queries pay for the rest.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
 use nodedns_common::config::{ConfigError, invalid};
@@ -95,6 +99,41 @@ impl Rewrites {
             }
             _ => None,
         })
+    }
+}
+
+/// The rules in force in a running server, swapped whole by a config reload. Asking costs one
+/// relaxed load while there are none, so every query can ask.
+#[derive(Debug, Default)]
+pub struct LiveRewrites {
+    rules: ArcSwap<Rewrites>,
+    any: AtomicBool,
+}
+
+impl LiveRewrites {
+    pub fn new(rules: Rewrites) -> Self {
+        let live = Self::default();
+        live.set(rules);
+        live
+    }
+
+    /// The rules from now on (a config reload).
+    pub fn set(&self, rules: Rewrites) {
+        self.any.store(!rules.is_empty(), Ordering::Relaxed);
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Whether there is any rule (check before making the name to ask [`LiveRewrites::target`]).
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    /// [`Rewrites::target`] with the rules in force.
+    pub fn target(&self, qname: &str) -> Option<String> {
+        if !self.any() {
+            return None;
+        }
+        self.rules.load().target(qname)
     }
 }
 
